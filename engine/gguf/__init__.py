@@ -1,0 +1,24 @@
+"""GGUF files: a fast memory-mapped reader, split models, a streaming writer, model info."""
+
+from engine.gguf.info import ModelInfo, model_info, read_model_info
+from engine.gguf.model import GGUFModel, open_gguf
+from engine.gguf.reader import GGUFFile, GGUFHeader, MetadataValue, TensorInfo, parse_header
+from engine.gguf.writer import SplitPolicy, TensorSpec, metadata_value, write_gguf, write_gguf_sync
+
+__all__ = [
+    "GGUFFile",
+    "GGUFHeader",
+    "GGUFModel",
+    "MetadataValue",
+    "ModelInfo",
+    "SplitPolicy",
+    "TensorInfo",
+    "TensorSpec",
+    "metadata_value",
+    "model_info",
+    "open_gguf",
+    "parse_header",
+    "read_model_info",
+    "write_gguf",
+    "write_gguf_sync",
+]
