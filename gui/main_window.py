@@ -1,0 +1,156 @@
+"""Kvant's main window: a page list on the left, the pages on the right, progress in the status bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QStackedWidget,
+    QWidget,
+)
+
+from engine import __version__
+from engine.gguf import read_model_info
+from engine.library import DEFAULT_MODEL_ID, Library, LibraryEntry, ensure_default_model, register_file
+from engine.paths import KvantPaths
+from engine.progress import Progress
+from gui.pages.library import LibraryPage
+from gui.worker import GeneratorWorker, WorkerPool
+
+
+def _single(fn: Callable[[], Any]):
+    """Wrap a quick call as a one-step generator so it runs on the worker pool too."""
+
+    def factory(_token):
+        return fn()
+        yield  # pragma: no cover - makes this a generator
+
+    return factory
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, paths: KvantPaths, open_path: str | None = None) -> None:
+        super().__init__()
+        self.paths = paths
+        self.workers = WorkerPool()
+        self._open_path = open_path
+        self.setWindowTitle(f"Kvant {__version__}")
+        self.resize(1100, 680)
+
+        self.nav = QListWidget()
+        self.nav.setFixedWidth(170)
+        self.pages = QStackedWidget()
+        self.library_page = LibraryPage()
+        self.library_page.model_selected.connect(self._show_model)
+        self._add_page("Library", self.library_page)
+        self._add_extra_pages()
+        self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.nav.setCurrentRow(0)
+
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.addWidget(self.nav)
+        layout.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+
+        self.status_label = QLabel("")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(260)
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        bar = self.statusBar()
+        bar.addWidget(self.status_label, 1)
+        bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.cancel_button)
+
+    def _add_page(self, title: str, widget: QWidget) -> None:
+        self.nav.addItem(title)
+        self.pages.addWidget(widget)
+
+    def _add_extra_pages(self) -> None:
+        from gui.pages.hardware import HardwarePage
+
+        self.hardware_page = HardwarePage(self.paths, self.workers)
+        self._add_page("Hardware", self.hardware_page)
+
+    # --- start-up ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Prepare the default model in the background, then fill the library."""
+        self.paths.ensure()
+        self._refresh_library()
+        worker = GeneratorWorker(lambda token: ensure_default_model(self.paths, token))
+        self._track(worker, "Preparing the default model…")
+        worker.signals.result.connect(self._default_ready)
+        worker.signals.error.connect(lambda err: self._report(err, "The default model could not be prepared"))
+        self.workers.start(worker)
+
+    def _track(self, worker: GeneratorWorker, text: str) -> None:
+        self.status_label.setText(text)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.cancel_button.clicked.connect(worker.cancel)
+        worker.signals.progress.connect(self._on_progress)
+
+        def done() -> None:
+            self.progress.setVisible(False)
+            self.cancel_button.setVisible(False)
+            self.cancel_button.clicked.disconnect(worker.cancel)
+
+        worker.signals.finished.connect(done)
+        worker.signals.cancelled.connect(lambda: self.status_label.setText("Cancelled."))
+
+    def _on_progress(self, event: Progress) -> None:
+        frac = event.fraction
+        if frac is None:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(frac * 1000))
+        if event.message:
+            self.status_label.setText(event.message[:1].upper() + event.message[1:] + "…")
+
+    def _default_ready(self, entry: LibraryEntry) -> None:
+        selected = entry.id
+        if self._open_path:
+            try:
+                selected = register_file(Library(self.paths.library_file), Path(self._open_path)).id
+            except Exception as err:
+                self._report(err, f"Cannot open {self._open_path}")
+        self.status_label.setText(f"{entry.name} is ready.")
+        self._refresh_library(select=selected)
+
+    def _refresh_library(self, select: str | None = None) -> None:
+        try:
+            entries = Library(self.paths.library_file).entries()
+        except Exception as err:
+            self._report(err, "The library could not be read")
+            entries = []
+        self.library_page.set_entries(entries, select_id=select or (DEFAULT_MODEL_ID if entries else None))
+
+    def _show_model(self, entry: LibraryEntry) -> None:
+        worker = GeneratorWorker(_single(lambda: read_model_info(entry.path)))
+        worker.signals.result.connect(self.library_page.show_info)
+        worker.signals.error.connect(lambda err: self.library_page.show_error(str(err)))
+        self.workers.start(worker)
+
+    def _report(self, err: Exception, title: str) -> None:
+        self.status_label.setText(f"{title}: {err}")
+        if not self.isVisible():
+            return
+        QMessageBox.warning(self, title, str(err), QMessageBox.StandardButton.Ok)
+
+    def closeEvent(self, event) -> None:
+        self.workers.cancel_all()
+        self.workers.wait(5000)
+        super().closeEvent(event)

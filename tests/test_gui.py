@@ -1,0 +1,103 @@
+"""The desktop app, offscreen: the worker's signals, start-up with the default model, pages."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytestmark = pytest.mark.gui
+
+from engine.errors import GGUFError  # noqa: E402
+from engine.library import DEFAULT_MODEL_ID  # noqa: E402
+from engine.paths import KvantPaths  # noqa: E402
+from engine.progress import Progress  # noqa: E402
+from gui.worker import GeneratorWorker, WorkerPool  # noqa: E402
+
+
+def _counting(n, fail=False):
+    def factory(token):
+        for i in range(n):
+            token.raise_if_cancelled()
+            yield Progress("count", i + 1, n)
+        if fail:
+            raise GGUFError("broken on purpose")
+        return "finished"
+
+    return factory
+
+
+def test_worker_emits_progress_and_result(qtbot):
+    pool = WorkerPool()
+    worker = GeneratorWorker(_counting(5), min_interval=0)
+    seen = []
+    worker.signals.progress.connect(seen.append)
+    with qtbot.waitSignal(worker.signals.result, timeout=5000) as blocker:
+        pool.start(worker)
+    assert blocker.args == ["finished"]
+    assert [e.done for e in seen] == [1, 2, 3, 4, 5]
+
+
+def test_worker_reports_errors_as_signals(qtbot):
+    worker = GeneratorWorker(_counting(2, fail=True))
+    with qtbot.waitSignal(worker.signals.error, timeout=5000) as blocker:
+        WorkerPool().start(worker)
+    assert isinstance(blocker.args[0], GGUFError) and "on purpose" in str(blocker.args[0])
+
+
+def test_worker_cancel(qtbot):
+    import threading
+
+    gate = threading.Event()
+
+    def factory(token):
+        yield Progress("wait", 0, 1)
+        gate.wait(5)
+        token.raise_if_cancelled()
+        yield Progress("never", 1, 1)
+        return "not reached"
+
+    worker = GeneratorWorker(factory)
+    results = []
+    worker.signals.result.connect(results.append)
+    with qtbot.waitSignal(worker.signals.cancelled, timeout=5000):
+        WorkerPool().start(worker)
+        worker.cancel()
+        gate.set()
+    assert results == []
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, default_model):
+    from gui.main_window import MainWindow
+
+    w = MainWindow(KvantPaths(tmp_path / "home"))
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.workers.cancel_all()
+    w.workers.wait(10000)
+
+
+def test_start_prepares_default_model_and_shows_it(qtbot, window):
+    window.start()
+    qtbot.waitUntil(lambda: window.library_page.table.rowCount() == 1, timeout=60000)
+    qtbot.waitUntil(lambda: window.library_page.selected() is not None, timeout=10000)
+    assert window.library_page.selected().id == DEFAULT_MODEL_ID
+    qtbot.waitUntil(lambda: window.library_page.details.title() == "Gemma 3 270m", timeout=10000)
+    texts = [
+        window.library_page.form.itemAt(i).widget().text()
+        for i in range(window.library_page.form.count())
+        if window.library_page.form.itemAt(i).widget() is not None
+    ]
+    assert "gemma3" in texts and "18" in texts
+    assert "ready" in window.status_label.text()
+    assert not window.progress.isVisible()
+
+
+def test_hardware_page_fills_in(qtbot, window):
+    window.nav.setCurrentRow(1)
+    page = window.hardware_page
+    qtbot.waitUntil(lambda: page.info is not None, timeout=60000)
+    assert page.info.cpu.logical_cores >= 1
+    assert "cores" in page.cpu_label.text()
+    assert page.ram_bar.segments() and "GiB" in page.ram_label.text()
