@@ -835,9 +835,9 @@ def _quiet(fn):
     """Run a reference dequantizer with IEEE warnings off (random bytes decode to inf/nan, as in C)."""
 
     @functools.wraps(fn)
-    def wrapper(*args):
+    def wrapper(*args, **kwargs):
         with np.errstate(all="ignore"):
-            return fn(*args)
+            return fn(*args, **kwargs)
 
     return wrapper
 
