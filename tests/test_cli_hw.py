@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-import engine.cli
 from engine.cli import run_cli
 from engine.hardware import BandwidthInfo
 from engine.hardware import bandwidth as bandwidth_mod
@@ -27,10 +26,8 @@ TOP_KEYS = {
 
 @pytest.fixture
 def cli_env(monkeypatch, tmp_path):
-    """A private KVANT_HOME, only the hw subcommand registered, and an instant fake probe."""
+    """A private KVANT_HOME and an instant fake probe."""
     monkeypatch.setenv("KVANT_HOME", str(tmp_path / "home"))
-    # Other subcommand modules belong to other work; keep this test about ``hw`` only.
-    monkeypatch.setattr(engine.cli, "SUBCOMMAND_MODULES", ("engine.cli.hw",))
     calls: list[dict] = []
 
     def fake_measure(**kwargs) -> BandwidthInfo:

@@ -1,7 +1,8 @@
 """Kvant's command line: ``python main.py SUBCOMMAND ...``.
 
-Each subcommand lives in its own module with a ``register(subparsers)`` function that
-adds its parser and sets ``func`` (``func(args) -> int``). Every subcommand accepts
+Each subcommand lives in its own module of this package with a ``register(subparsers)``
+function that adds its parser and sets ``func`` (``func(args) -> int``); modules are
+discovered, so adding a subcommand means adding a module. Every subcommand accepts
 ``--json`` and then prints exactly one JSON document on stdout.
 """
 
@@ -19,7 +20,19 @@ from engine.progress import Progress
 
 T = TypeVar("T")
 
-SUBCOMMAND_MODULES = ("engine.cli.info", "engine.cli.hw", "engine.cli.setup", "engine.cli.models")
+# Listed first in help, in this order; every other module of this package with a register() follows.
+PREFERRED_ORDER = ("setup", "models", "info", "hw")
+
+
+def subcommand_modules() -> list[str]:
+    """The modules of this package that define subcommands (each has ``register``)."""
+    import pkgutil
+
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    ordered = [n for n in PREFERRED_ORDER if n in names] + sorted(
+        n for n in names if n not in PREFERRED_ORDER
+    )
+    return [f"{__name__}.{n}" for n in ordered]
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"Kvant {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for name in subcommand_modules():
+        module = importlib.import_module(name)
+        if hasattr(module, "register"):
+            module.register(subparsers)
     return parser
 
 
