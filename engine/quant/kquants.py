@@ -25,6 +25,7 @@ from engine.quant.format import QuantFormat
 from engine.quant.kquants_search import (
     F32,
     GROUP_MAX_EPS,
+    first_absmax,
     fp16_bits_to_fp32,
     fp32_to_fp16_bits,
     nb_make_q3_quants,
@@ -716,7 +717,7 @@ def ref_quantize_q3_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         if qw is None:
             scale, L = np_make_q3_quants(4, xs)
             scales = scale.reshape(G, 16)
-            max_scale, _ = _first_signed_absmax(scales)
+            max_scale, _ = first_absmax(scales)
             ok = max_scale != 0
             iscale = F32(-32) / max_scale
             l = np_nearest_int(iscale[:, None] * scales)
@@ -740,16 +741,6 @@ def ref_quantize_q3_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     hbits = high.reshape(G, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None]
     hmask = np.bitwise_or.reduce(hbits, axis=1)
     return _rows([hmask, _pack_2bit_np(L), sc_bytes, d_b], nrows)
-
-
-def _first_signed_absmax(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    amax = np.zeros(a.shape[0], np.float32)
-    mx = np.zeros(a.shape[0], np.float32)
-    for j in range(a.shape[1]):
-        upd = np.abs(a[:, j]) > amax
-        amax = np.where(upd, np.abs(a[:, j]), amax)
-        mx = np.where(upd, a[:, j], mx)
-    return mx, amax
 
 
 def _ref_quantize_q45(x: np.ndarray, imatrix: np.ndarray | None, q5: bool) -> np.ndarray:
@@ -811,7 +802,7 @@ def ref_quantize_q6_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         w = xs * xs if qw is None else qw.reshape(-1, 16)
         scale, L = np_make_qx_quants(32, xs, w)
         scales = scale.reshape(G, 16)
-        max_scale, max_abs = _first_signed_absmax(scales)
+        max_scale, max_abs = first_absmax(scales)
         zero = max_abs < GROUP_MAX_EPS
         iscale = F32(-128) / max_scale
         d_b, d = _f16(np.where(zero, F32(0), F32(1) / iscale))

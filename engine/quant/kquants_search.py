@@ -407,7 +407,7 @@ def nb_make_qp_quants(n, nmax, x, L, quant_weights):
 # Each works on G groups at once: x has shape (G, n); results are per group.
 
 
-def _first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(signed value, |value|) of the first largest |x| per row, C's strict '>' scan from 0."""
     amax = np.zeros(x.shape[0], F32)
     mx = np.zeros(x.shape[0], F32)
@@ -421,7 +421,7 @@ def _first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def np_make_qx_quants(nmax: int, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """make_qx_quants with rmse_type 1 and explicit weights ``w`` (x*x when C passes NULL)."""
-    mx, amax = _first_absmax(x)
+    mx, amax = first_absmax(x)
     zero = amax < GROUP_MAX_EPS
     fnmax = F32(nmax)
 
@@ -449,7 +449,7 @@ def np_make_qx_quants(nmax: int, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
 
 def np_make_q3_quants(nmax: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """make_q3_quants with do_rmse=true."""
-    mx, amax = _first_absmax(x)
+    mx, amax = first_absmax(x)
     zero = amax < GROUP_MAX_EPS
     L = np.clip(np_nearest_int((-F32(nmax) / mx)[:, None] * x), -nmax, nmax - 1)
     w = x * x
