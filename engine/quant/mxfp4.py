@@ -1,0 +1,128 @@
+"""MXFP4 (OCP microscaling FP4): 32 E2M1 values sharing one E8M0 exponent, 4.25 bpw.
+
+Port of ``quantize_row_mxfp4_ref`` (llama.cpp ignores an importance matrix here):
+``e = (uint8)(floorf(log2f(amax)) - 2 + 127)`` (0 for an all-zero block), ``d = 2^(e-128)``
+(``GGML_E8M0_TO_FP32_HALF``; the table holds doubled E2M1 values), and each element takes the
+first table index with the smallest ``|kvalues[i]*d - x|``.  Block layout: ``e; qs[16]``.
+
+``log2f`` is taken as correctly rounded (``float32(log2(double))``); glibc's ``log2f`` agrees
+except possibly within a fraction of an ulp of a power of two, where ``floorf`` could differ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from engine.quant._common import KERNEL, trunc_i32
+from engine.quant.format import QuantFormat
+
+QK = 32
+TYPE_SIZE = 17
+KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
+
+# ============================================================================ Numba kernels
+
+
+@njit(**KERNEL)
+def _e8m0_half(e):
+    """GGML_E8M0_TO_FP32_HALF: 2^(e-128) as float32 (exact, denormal for e < 2)."""
+    return np.float32(math.ldexp(1.0, e - 128))
+
+
+@njit(**KERNEL)
+def _exponent(amax):
+    if not amax > 0:
+        return 0
+    lg = np.float32(math.log2(np.float64(amax)))
+    return trunc_i32(np.float32(np.float32(math.floor(lg)) - np.float32(2.0) + np.float32(127.0))) & 0xFF
+
+
+@njit(**KERNEL)
+def _best_index(kv, x, d):
+    best = 0
+    best_err = np.float32(abs(np.float32(np.float32(kv[0]) * d - x)))
+    for i in range(1, 16):
+        err = np.float32(abs(np.float32(np.float32(kv[i]) * d - x)))
+        if err < best_err:
+            best = i
+            best_err = err
+    return best
+
+
+@njit(**KERNEL, parallel=True)
+def _mxfp4_rows(x, out, kv):
+    rows, n = x.shape
+    nb = n // QK
+    for r in prange(rows):
+        xr = x[r]
+        yr = out[r]
+        for ib in range(nb):
+            o = ib * QK
+            p = ib * TYPE_SIZE
+            amax = np.float32(0.0)
+            for j in range(QK):
+                a = np.float32(abs(xr[o + j]))
+                if amax < a:
+                    amax = a
+            e = _exponent(amax)
+            d = _e8m0_half(e)
+            yr[p] = e
+            for j in range(16):
+                lo = _best_index(kv, xr[o + j], d)
+                hi = _best_index(kv, xr[o + 16 + j], d)
+                yr[p + 1 + j] = (lo | (hi << 4)) & 0xFF
+
+
+@njit(**KERNEL, parallel=True)
+def _mxfp4_dequant(blocks, kv):
+    nb = blocks.shape[0]
+    y = np.empty((nb, QK), dtype=np.float32)
+    for i in prange(nb):
+        d = _e8m0_half(np.int64(blocks[i, 0]))
+        for j in range(16):
+            b = np.int64(blocks[i, 1 + j])
+            y[i, j] = np.float32(d * np.float32(kv[b & 0x0F]))
+            y[i, j + 16] = np.float32(d * np.float32(kv[b >> 4]))
+    return y
+
+
+# ============================================================================ wrappers
+
+
+def _quantize(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    out = np.empty((x.shape[0], x.shape[1] // QK * TYPE_SIZE), dtype=np.uint8)
+    _mxfp4_rows(x, out, KVALUES)
+    return out
+
+
+def _dequantize(blocks: np.ndarray) -> np.ndarray:
+    return _mxfp4_dequant(np.ascontiguousarray(blocks), KVALUES)
+
+
+FORMATS: dict[str, QuantFormat] = {"MXFP4": QuantFormat("MXFP4", 39, QK, TYPE_SIZE, _dequantize, _quantize)}
+
+
+# ============================================================================ NumPy reference
+
+
+def _ref(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    rows = x.shape[0]
+    xb = x.reshape(-1, QK)
+    amax = np.abs(xb).max(axis=1)
+    with np.errstate(divide="ignore"):
+        lg = np.log2(amax.astype(np.float64)).astype(np.float32)
+        ev = (np.floor(lg).astype(np.float32) - np.float32(2.0) + np.float32(127.0)).astype(np.float32)
+    e = np.where(amax > 0, np.trunc(np.where(amax > 0, ev, 0)).astype(np.int64) & 0xFF, 0)
+    d = np.ldexp(np.float64(1.0), e - 128).astype(np.float32)
+    table = KVALUES.astype(np.float32)[None, None, :] * d[:, None, None]  # exact (power of two)
+    err = np.abs((table.astype(np.float32) - xb[:, :, None]).astype(np.float32))
+    idx = np.argmin(err, axis=2)  # first minimum, like the strict '<' scan
+    q = (idx[:, :16] | (idx[:, 16:] << 4)).astype(np.uint8)
+    blocks = np.concatenate([e.astype(np.uint8)[:, None], q], axis=1)
+    return np.ascontiguousarray(blocks.reshape(rows, -1))
+
+
+REFERENCE = {"MXFP4": _ref}
