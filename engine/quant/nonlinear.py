@@ -259,6 +259,11 @@ def _np_sums(w: np.ndarray, xb: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, 
 
 def np_block_scales(x: np.ndarray, imatrix: np.ndarray | None, super_block: int) -> np.ndarray:
     """Per 32-block refitted scales (rows * n / 32,) as quantize_row_iq4_nl_impl computes them."""
+    with np.errstate(all="ignore"):  # huge inputs overflow x^2 to inf, in C as here
+        return _np_block_scales(x, imatrix, super_block)
+
+
+def _np_block_scales(x: np.ndarray, imatrix: np.ndarray | None, super_block: int) -> np.ndarray:
     rows = x.shape[0]
     kv = KVALUES.astype(np.float32)
     sb = x.reshape(-1, super_block)
