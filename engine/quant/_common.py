@@ -178,14 +178,12 @@ def best_index_int8(values, x):
         return 0
     if x >= np.float32(values[n - 1]):
         return n - 1
+    # The C binary search ends with values[ml] <= x < values[ml + 1]; for a sorted table that ml
+    # is the count of values[1..n-2] <= x (branch-free: same index, faster on 16 entries).
     ml = 0
-    mu = n - 1
-    while mu - ml > 1:
-        mav = (ml + mu) // 2
-        if x < np.float32(values[mav]):
-            mu = mav
-        else:
-            ml = mav
+    for k in range(1, n - 1):
+        ml += np.float32(values[k]) <= x
+    mu = ml + 1
     if np.float32(x - np.float32(values[mu - 1])) < np.float32(np.float32(values[mu]) - x):
         return mu - 1
     return mu

@@ -22,6 +22,7 @@ from engine.quant.format import QuantFormat
 QK = 32
 TYPE_SIZE = 17
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
+KVALUES_F32 = KVALUES.astype(np.float32)  # the kernels' copy: no int->float per lookup
 
 # ============================================================================ Numba kernels
 
@@ -42,10 +43,17 @@ def _exponent(amax):
 
 @njit(**KERNEL)
 def _best_index(kv, x, d):
+    """First i with the smallest |kv[i]*d - x|, scanning i = 0..15 as C does.
+
+    Only the half of the table with x's sign can win: for v > 0, fl(|v*d - |x||) <= fl(v*d + |x|)
+    (rounding is monotonic), a tie needs |x| absorbed by v*d, and then entry 0 (|x|) is better;
+    entry 8 (0 again) never beats entry 0.  So the scan visits 0, then 1..7 or 9..15, in order.
+    """
     best = 0
-    best_err = np.float32(abs(np.float32(np.float32(kv[0]) * d - x)))
-    for i in range(1, 16):
-        err = np.float32(abs(np.float32(np.float32(kv[i]) * d - x)))
+    best_err = np.float32(abs(x))
+    base = 0 if x >= 0 else 8
+    for i in range(base + 1, base + 8):
+        err = np.float32(abs(np.float32(kv[i] * d - x)))
         if err < best_err:
             best = i
             best_err = err
@@ -94,7 +102,7 @@ def _mxfp4_dequant(blocks, kv):
 
 def _quantize(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     out = np.empty((x.shape[0], x.shape[1] // QK * TYPE_SIZE), dtype=np.uint8)
-    _mxfp4_rows(x, out, KVALUES)
+    _mxfp4_rows(x, out, KVALUES_F32)
     return out
 
 

@@ -37,6 +37,7 @@ QK4_NL = 32
 NTRY = 7
 GROUP_MAX_EPS = np.float32(1e-15)
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+KVALUES_F32 = KVALUES.astype(np.float32)  # same table as floats: kernels avoid int->float per lookup
 NL_SIZE = 18
 XS_SIZE = 136
 
@@ -207,14 +208,14 @@ def _iq4_xs_dequant(blocks, kv):
 def _quantize_nl(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     out = np.empty((x.shape[0], x.shape[1] // QK4_NL * NL_SIZE), dtype=np.uint8)
     im, has_im = imatrix_arg(imatrix)
-    _iq4_nl_rows(x, out, im, has_im, KVALUES)
+    _iq4_nl_rows(x, out, im, has_im, KVALUES_F32)
     return out
 
 
 def _quantize_xs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     out = np.empty((x.shape[0], x.shape[1] // QK_K * XS_SIZE), dtype=np.uint8)
     im, has_im = imatrix_arg(imatrix)
-    _iq4_xs_rows(x, out, im, has_im, KVALUES)
+    _iq4_xs_rows(x, out, im, has_im, KVALUES_F32)
     return out
 
 
