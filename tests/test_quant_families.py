@@ -220,7 +220,7 @@ def test_best_index_int8_matches_a_literal_port():
     rng = np.random.default_rng(4)
     xs = np.concatenate([(rng.standard_normal(3000) * 70).astype(np.float32), values.astype(np.float32)])
     mids = ((values[:-1].astype(np.float32) + values[1:].astype(np.float32)) / 2).astype(np.float32)
-    xs = np.concatenate([xs, mids, np.array([-200, 200, 0, -0.0], np.float32)])
+    xs = np.concatenate([xs, mids, np.array([-200, 200, 0, -0.0, np.nan], np.float32)])
 
     @njit
     def nb(values, xs, out):

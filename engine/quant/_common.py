@@ -178,11 +178,11 @@ def best_index_int8(values, x):
         return 0
     if x >= np.float32(values[n - 1]):
         return n - 1
-    # The C binary search ends with values[ml] <= x < values[ml + 1]; for a sorted table that ml
-    # is the count of values[1..n-2] <= x (branch-free: same index, faster on 16 entries).
+    # The C binary search moves ml up exactly where !(x < values[mav]); on a sorted table it ends
+    # at ml = count of k in 1..n-2 with !(x < values[k]) (branch-free, same index; NaN -> n-2).
     ml = 0
     for k in range(1, n - 1):
-        ml += np.float32(values[k]) <= x
+        ml += not (x < np.float32(values[k]))
     mu = ml + 1
     if np.float32(x - np.float32(values[mu - 1])) < np.float32(np.float32(values[mu]) - x):
         return mu - 1
