@@ -34,3 +34,7 @@ class ModelError(KvantError):
 
 class DiskSpaceError(KvantError):
     """There is not enough free disk space for an operation; nothing was written."""
+
+
+class TemplateError(KvantError):
+    """A chat template is malformed, unsafe, or cannot render the given messages."""
