@@ -9,7 +9,8 @@
 
 Faults are queued per file (:meth:`FakeHub.fail`) and consumed one per GET: ``("drop", n)``
 sends ``n`` bytes and closes the connection, ``("status", code, retry_after)`` answers with an
-error. ``slow`` paces a file's bytes; ``bad_sha`` advertises a wrong sha256. Gated repos answer
+error. ``slow`` paces a file's bytes; ``bad_sha`` advertises a wrong sha256; ``ignore_range``
+answers ranged requests with the whole file. Gated repos answer
 401/403 with ``X-Error-Code: GatedRepo`` unless ``Authorization: Bearer hf_good`` is sent.
 The server stops on :meth:`close` or by itself after ``lifetime`` seconds.
 """
@@ -60,6 +61,7 @@ class FakeHub:
         self.faults: dict[str, list[tuple]] = {}
         self.slow: dict[str, float] = {}  # path -> seconds between 16 KiB chunks
         self.bad_sha: set[str] = set()
+        self.ignore_range: set[str] = set()  # paths served whole (200) even when a Range is asked
         self.requests: list[Request] = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -285,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
             "Content-Type": "application/octet-stream",
         }
         start, end, status = 0, len(data) - 1, 200
-        rng = self.headers.get("Range")
+        rng = self.headers.get("Range") if path not in self.hub.ignore_range else None
         if rng:
             m = _RANGE.match(rng.strip())
             if m is None or int(m[1]) >= len(data):

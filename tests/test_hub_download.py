@@ -119,6 +119,21 @@ def test_connection_drops_resume_and_verify(hub, paths, repo_files):
     assert entry.sha256 == hashlib.sha256(repo_files[Q4]).hexdigest()
 
 
+def test_server_that_ignores_range_restarts_cleanly(hub, paths, repo_files):
+    hub.fail(Q4, ("drop", 50_000))
+    hub.ignore_range.add(Q4)
+    run(download_quant(REPO, "Q4_K_M", paths=paths, policy=FAST))
+    assert (model_dir(paths, REPO) / Q4).read_bytes() == repo_files[Q4]
+    assert [r.range for r in hub.gets(Q4)] == [None, "bytes=50000-"]
+
+
+def test_unreachable_server_gives_up_after_bounded_retries(hub, paths):
+    (quant,) = [q for q in list_quants(REPO) if q.name == "Q4_K_M"]
+    hub.close()
+    with pytest.raises(HubError, match="after 4 attempts"):
+        run(download_quant(REPO, quant, paths=paths, policy=FAST))
+
+
 def test_wrong_checksum_leaves_nothing(hub, paths):
     hub.bad_sha.add(Q4)
     with pytest.raises(ChecksumError, match=r"corrupt.*deleted"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.errors import GGUFError
@@ -99,3 +101,21 @@ def test_offline_mode_refuses_clearly(hub, monkeypatch):
     with pytest.raises(HubOfflineError, match="HF_HUB_OFFLINE"):
         list_quants(REPO)
     assert hub.requests == []
+
+
+def test_the_fake_hub_satisfies_huggingface_hubs_own_client(hub, repo_files, tmp_path):
+    """Model info with blobs, file metadata (HEAD) and hf_hub_download all work against it."""
+    import hashlib
+
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download
+
+    api = HfApi(endpoint=hub.url)
+    info = api.model_info(REPO, files_metadata=True)
+    sib = {s.rfilename: s for s in info.siblings}["Tiny-Q4_K_M.gguf"]
+    assert sib.lfs.sha256 == hashlib.sha256(repo_files["Tiny-Q4_K_M.gguf"]).hexdigest()
+    assert api.model_info(REPO, revision="main").sha
+    url = f"{hub.url}/{REPO}/resolve/main/{SPLIT_FOLDER}/Tiny-UD-IQ1_S-00002-of-00003.gguf"
+    meta = get_hf_file_metadata(url, endpoint=hub.url)
+    assert meta.size == len(repo_files[f"{SPLIT_FOLDER}/Tiny-UD-IQ1_S-00002-of-00003.gguf"])
+    local = hf_hub_download(REPO, "Tiny-Q4_K_M.gguf", endpoint=hub.url, cache_dir=tmp_path / "hf")
+    assert Path(local).read_bytes() == repo_files["Tiny-Q4_K_M.gguf"]
