@@ -139,3 +139,17 @@ def test_moe_params_split_from_totals(catalog):
     assert abs(experts - 58 * 256 * 3 * 7168 * 2048) / experts < 0.002
     assert split.layer_experts[:3] == (0, 0, 0) and all(split.layer_experts[3:])
     assert split.total == 671_000_000_000
+
+
+def test_parsed_headers_as_fetched_from_the_hub(default_model):
+    from engine.gguf import parse_header
+
+    with open(default_model, "rb") as fh:
+        data = fh.read()
+    header = parse_header(data, "remote")  # what engine.hub's fetch_remote_header returns
+    with open_gguf(default_model) as model:
+        expected = describe_gguf(model)
+    assert describe_gguf(header) == expected
+    assert describe_gguf([header]) == expected
+    with pytest.raises(ModelError, match="no GGUF header"):
+        describe_gguf([])

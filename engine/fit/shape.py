@@ -275,8 +275,41 @@ def _is_expert(name: str) -> bool:
     return "_exps" in name
 
 
-def describe_gguf(model: HeaderLike, *, quant_name: str | None = None) -> tuple[ModelShape, QuantWeights]:
-    """Shape and weights from a GGUF header (tensor table + metadata; no tensor data is read)."""
+class _Headers:
+    """Parsed :class:`engine.gguf.GGUFHeader` objects (e.g. fetched from the Hub, one per shard)
+    seen through the :class:`HeaderLike` API: metadata of the first, tensors of all."""
+
+    def __init__(self, headers: list[Any]) -> None:
+        if not headers:
+            raise ModelError("no GGUF header to describe")
+        self._meta = headers[0].metadata
+        self.tensors = [t for h in headers for t in h.tensors]
+        self._size = sum(int(h.file_size) for h in headers)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        mv = self._meta.get(key)
+        return default if mv is None else getattr(mv, "value", mv)
+
+    @property
+    def file_size(self) -> int:
+        return self._size
+
+
+def as_header(obj: Any) -> HeaderLike:
+    """A :class:`HeaderLike` from a GGUFModel-like object, a GGUFHeader, or a list of headers."""
+    if hasattr(obj, "get") and hasattr(obj, "tensors") and hasattr(obj, "file_size"):
+        return obj
+    return _Headers(list(obj) if isinstance(obj, list | tuple) else [obj])
+
+
+def describe_gguf(model: Any, *, quant_name: str | None = None) -> tuple[ModelShape, QuantWeights]:
+    """Shape and weights from a GGUF header (tensor table + metadata; no tensor data is read).
+
+    ``model`` is an open :class:`engine.gguf.GGUFModel`, anything with its header API, a parsed
+    :class:`engine.gguf.GGUFHeader`, or the list of headers of a split model's shards (what
+    ``engine.hub`` fetches). Pass only some shards and the missing layers are estimated.
+    """
+    model = as_header(model)
     get = model.get
     arch = str(get("general.architecture", "unknown"))
 
