@@ -10,8 +10,10 @@ against :data:`CATALOG_SCHEMA` (a small JSON-Schema-like description).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from engine.errors import ModelError
@@ -22,43 +24,47 @@ CATALOG_PATH = Path(__file__).resolve().parents[2] / "resources" / "catalog.json
 #: Effective bits per weight of whole files (embedding and output included). Q2_K..Q8_0 from
 #: llama.cpp's Llama-3-8B table in quant-formats.md (GiB × 2^33 / 8.03e9 params); the rest are
 #: the type's bpw plus the same ~0.2-0.4 bpw for higher-precision output/attention tensors.
-TYPICAL_BPW: dict[str, float] = {
-    "IQ1_S": 1.78,
-    "IQ1_M": 1.95,
-    "IQ2_XXS": 2.27,
-    "IQ2_XS": 2.5,
-    "IQ2_S": 2.72,
-    "IQ2_M": 2.93,
-    "Q2_K": 3.17,
-    "IQ3_XXS": 3.27,
-    "Q3_K_S": 3.64,
-    "IQ3_M": 3.76,
-    "Q3_K_M": 4.00,
-    "Q3_K_L": 4.30,
-    "IQ4_XS": 4.46,
-    "IQ4_NL": 4.68,
-    "Q4_0": 4.64,
-    "Q4_K_S": 4.68,
-    "Q4_K_M": 4.90,
-    "Q5_K_S": 5.54,
-    "Q5_K_M": 5.70,
-    "Q6_K": 6.57,
-    "Q8_0": 8.52,
-    "F16": 16.0,
-    "BF16": 16.0,
-}
+TYPICAL_BPW: Mapping[str, float] = MappingProxyType(
+    {
+        "IQ1_S": 1.78,
+        "IQ1_M": 1.95,
+        "IQ2_XXS": 2.27,
+        "IQ2_XS": 2.5,
+        "IQ2_S": 2.72,
+        "IQ2_M": 2.93,
+        "Q2_K": 3.17,
+        "IQ3_XXS": 3.27,
+        "Q3_K_S": 3.64,
+        "IQ3_M": 3.76,
+        "Q3_K_M": 4.00,
+        "Q3_K_L": 4.30,
+        "IQ4_XS": 4.46,
+        "IQ4_NL": 4.68,
+        "Q4_0": 4.64,
+        "Q4_K_S": 4.68,
+        "Q4_K_M": 4.90,
+        "Q5_K_S": 5.54,
+        "Q5_K_M": 5.70,
+        "Q6_K": 6.57,
+        "Q8_0": 8.52,
+        "F16": 16.0,
+        "BF16": 16.0,
+    }
+)
 
 #: Mean KL divergence vs. the f16 model (Llama-3-8B, wikitext-2; quant-formats.md).
-KLD: dict[str, float] = {
-    "Q8_0": 0.00136,
-    "Q6_K": 0.00545,
-    "Q5_K_M": 0.0108,
-    "Q4_K_M": 0.0313,
-    "Q4_0": 0.0719,
-    "Q3_K_M": 0.102,
-    "Q2_K": 0.445,
-    "IQ1_S": 2.21,
-}
+KLD: Mapping[str, float] = MappingProxyType(
+    {
+        "Q8_0": 0.00136,
+        "Q6_K": 0.00545,
+        "Q5_K_M": 0.0108,
+        "Q4_K_M": 0.0313,
+        "Q4_0": 0.0719,
+        "Q3_K_M": 0.102,
+        "Q2_K": 0.445,
+        "IQ1_S": 2.21,
+    }
+)
 
 _INT = {"type": "integer", "minimum": 0}
 _POS = {"type": "integer", "minimum": 1}
@@ -138,13 +144,9 @@ CATALOG_SCHEMA: dict[str, Any] = {
     },
 }
 
-_TYPES = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "boolean": bool,
-    "null": type(None),
-}
+_TYPES: Mapping[str, type] = MappingProxyType(
+    {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+)
 
 
 def _type_ok(value: Any, t: str) -> bool:

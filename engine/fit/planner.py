@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import bisect
 import enum
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from engine.errors import KvantError
@@ -54,27 +56,38 @@ GPU_EFFICIENCY = 0.7
 CPU_EFFICIENCY = 0.6
 LOW_BIT_BPW = 2.5
 LOW_BIT_EFFICIENCY = 0.5
+#: Effective quantized mat-vec throughput per CPU thread (FLOP/s, dequantization included):
+#: llama.cpp decodes the default Gemma 3 270M at 38 tok/s on 2 threads of this project's
+#: AVX2 machines (fit-and-peers.md) = 2 × 268M params × 38 / 2 threads ≈ 10 GFLOP/s per thread.
+#: Used only when the thread count is known (a detected machine); decode time on the CPU is
+#: then max(bandwidth time, compute time), which matters for small models on few cores.
+CPU_FLOPS_PER_THREAD = 10e9
 DEFAULT_CTX = 4096
 
-CONSTANTS: dict[str, Any] = {
-    "gpu_reserve_bytes": GPU_RESERVE_BYTES,
-    "metal_reserve_bytes": METAL_RESERVE_BYTES,
-    "ram_reserve_bytes": RAM_RESERVE_BYTES,
-    "n_ubatch": DEFAULT_UBATCH,
-    "n_outputs": N_OUTPUTS,
-    "gpu_efficiency": GPU_EFFICIENCY,
-    "cpu_efficiency": CPU_EFFICIENCY,
-    "low_bit_bpw": LOW_BIT_BPW,
-    "low_bit_efficiency": LOW_BIT_EFFICIENCY,
-    "kv_at": "full context",
-    "disk_bandwidth_default_bytes_per_s": DEFAULT_DISK_BANDWIDTH,
-    "sources": {
-        "gpu_reserve_bytes": "llama.cpp --fit default margin per device (common/fit.cpp)",
-        "metal_reserve_bytes": "Ollama's reserve on Metal",
-        "ram_reserve_bytes": "Kvant estimate for its own process",
-        "efficiencies": "typical llama.cpp decode vs. peak bandwidth; refine with calibration",
-    },
-}
+CONSTANTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "gpu_reserve_bytes": GPU_RESERVE_BYTES,
+        "metal_reserve_bytes": METAL_RESERVE_BYTES,
+        "ram_reserve_bytes": RAM_RESERVE_BYTES,
+        "n_ubatch": DEFAULT_UBATCH,
+        "n_outputs": N_OUTPUTS,
+        "gpu_efficiency": GPU_EFFICIENCY,
+        "cpu_efficiency": CPU_EFFICIENCY,
+        "low_bit_bpw": LOW_BIT_BPW,
+        "low_bit_efficiency": LOW_BIT_EFFICIENCY,
+        "cpu_flops_per_thread": CPU_FLOPS_PER_THREAD,
+        "kv_at": "full context",
+        "disk_bandwidth_default_bytes_per_s": DEFAULT_DISK_BANDWIDTH,
+        "sources": MappingProxyType(
+            {
+                "gpu_reserve_bytes": "llama.cpp --fit default margin per device (common/fit.cpp)",
+                "metal_reserve_bytes": "Ollama's reserve on Metal",
+                "ram_reserve_bytes": "Kvant estimate for its own process",
+                "efficiencies": "typical llama.cpp decode vs. peak bandwidth; refine with calibration",
+            }
+        ),
+    }
+)
 
 
 class Verdict(enum.Enum):
@@ -220,7 +233,7 @@ class FitPlan:
             "correction": self.correction,
             "headroom_fraction": round(self.headroom_fraction, 4),
             "notes": list(self.notes),
-            "constants": CONSTANTS,
+            "constants": {**CONSTANTS, "sources": dict(CONSTANTS["sources"])},
         }
 
 
@@ -451,6 +464,9 @@ def _evaluate(
     cpu_read = round((hot - paged_hot) + frac * (experts_cpu - paged_exp) + embd_row + kv_cpu)
     disk_read = round(paged_hot + frac * paged_exp)
     cpu_secs = cpu_read / (hw.cpu_bandwidth_bytes_per_s * CPU_EFFICIENCY * low_bit * efficiency)
+    if hw.cpu_threads and bpw > 0:
+        params_read = (cpu_read - kv_cpu) * 8 / bpw
+        cpu_secs = max(cpu_secs, 2 * params_read / (hw.cpu_threads * CPU_FLOPS_PER_THREAD * efficiency))
     disk_secs = disk_read / hw.disk_bandwidth_bytes_per_s
     seconds += cpu_secs + disk_secs
     bound += cpu_read / hw.cpu_bandwidth_bytes_per_s + disk_secs

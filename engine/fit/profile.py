@@ -17,7 +17,9 @@ Assumptions, stated once:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from engine.errors import KvantError
@@ -27,38 +29,40 @@ GIB = 1 << 30
 
 #: Peak memory bandwidth by GPU model (bytes/s), from the vendors' datasheets. Matched as a
 #: case-insensitive substring of the NVML name, longest key first.
-GPU_BANDWIDTH: dict[str, int] = {
-    "H200": 4_800 * GB,
-    "H100 PCIe": 2_000 * GB,
-    "H100 NVL": 3_900 * GB,
-    "H100": 3_350 * GB,  # SXM5
-    "GH200": 4_000 * GB,
-    "B200": 8_000 * GB,
-    "A100-SXM4-80GB": 2_039 * GB,
-    "A100 80GB PCIe": 1_935 * GB,
-    "A100": 1_555 * GB,
-    "A10G": 600 * GB,
-    "A10": 600 * GB,
-    "L40S": 864 * GB,
-    "L40": 864 * GB,
-    "L4": 300 * GB,
-    "T4": 320 * GB,
-    "V100": 900 * GB,
-    "RTX 5090": 1_792 * GB,
-    "RTX 5080": 960 * GB,
-    "RTX 4090": 1_008 * GB,
-    "RTX 4080": 717 * GB,
-    "RTX 4070 Ti": 504 * GB,
-    "RTX 4070": 504 * GB,
-    "RTX 4060 Ti": 288 * GB,
-    "RTX 4060": 272 * GB,
-    "RTX 3090": 936 * GB,
-    "RTX 3080": 760 * GB,
-    "RTX 3070": 448 * GB,
-    "RTX 3060": 360 * GB,
-    "RTX A6000": 768 * GB,
-    "RTX 6000 Ada": 960 * GB,
-}
+GPU_BANDWIDTH: Mapping[str, int] = MappingProxyType(
+    {
+        "H200": 4_800 * GB,
+        "H100 PCIe": 2_000 * GB,
+        "H100 NVL": 3_900 * GB,
+        "H100": 3_350 * GB,  # SXM5
+        "GH200": 4_000 * GB,
+        "B200": 8_000 * GB,
+        "A100-SXM4-80GB": 2_039 * GB,
+        "A100 80GB PCIe": 1_935 * GB,
+        "A100": 1_555 * GB,
+        "A10G": 600 * GB,
+        "A10": 600 * GB,
+        "L40S": 864 * GB,
+        "L40": 864 * GB,
+        "L4": 300 * GB,
+        "T4": 320 * GB,
+        "V100": 900 * GB,
+        "RTX 5090": 1_792 * GB,
+        "RTX 5080": 960 * GB,
+        "RTX 4090": 1_008 * GB,
+        "RTX 4080": 717 * GB,
+        "RTX 4070 Ti": 504 * GB,
+        "RTX 4070": 504 * GB,
+        "RTX 4060 Ti": 288 * GB,
+        "RTX 4060": 272 * GB,
+        "RTX 3090": 936 * GB,
+        "RTX 3080": 760 * GB,
+        "RTX 3070": 448 * GB,
+        "RTX 3060": 360 * GB,
+        "RTX A6000": 768 * GB,
+        "RTX 6000 Ada": 960 * GB,
+    }
+)
 DEFAULT_GPU_BANDWIDTH = 300 * GB
 DEFAULT_CPU_BANDWIDTH = 20 * GB
 DEFAULT_DISK_BANDWIDTH = 3 * GB
@@ -103,6 +107,7 @@ class HardwareProfile:
     unified_memory: bool = False
     name: str = "this machine"
     assumptions: tuple[str, ...] = field(default=())
+    cpu_threads: int | None = None  # known for a detected machine: enables the CPU compute bound
 
     def __post_init__(self) -> None:
         if self.ram_total_bytes <= 0 or self.ram_available_bytes < 0:
@@ -130,6 +135,7 @@ class HardwareProfile:
             "cpu_bandwidth_bytes_per_s": self.cpu_bandwidth_bytes_per_s,
             "disk_bandwidth_bytes_per_s": self.disk_bandwidth_bytes_per_s,
             "unified_memory": self.unified_memory,
+            "cpu_threads": self.cpu_threads,
             "assumptions": list(self.assumptions),
         }
 
@@ -222,6 +228,7 @@ class HardwareProfile:
             unified_memory=unified,
             name=str(cpu_name),
             assumptions=tuple(notes),
+            cpu_threads=getattr(getattr(info, "cpu", None), "usable_threads", None),
         )
 
     def with_overrides(self, **changes: Any) -> HardwareProfile:

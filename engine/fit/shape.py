@@ -24,17 +24,22 @@ Either way the KV cache is ``head_count_kv × (key_length + value_length)``, as 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from engine.errors import ModelError
 
 #: llama.cpp's ``set_swa_pattern(n)`` per architecture (see module docstring).
-SWA_PATTERNS: dict[str, int] = {"gemma2": 2, "gpt-oss": 2, "cohere2": 4, "gemma3n": 5, "gemma3": 6}
+SWA_PATTERNS: Mapping[str, int] = MappingProxyType(
+    {"gemma2": 2, "gpt-oss": 2, "cohere2": 4, "gemma3n": 5, "gemma3": 6}
+)
 
 #: Bytes per KV-cache element for the cache types llama.cpp offers (block size 32).
-KV_TYPE_BYTES: dict[str, float] = {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+KV_TYPE_BYTES: Mapping[str, float] = MappingProxyType(
+    {"f16": 2.0, "bf16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+)
 
 #: llama.cpp's default micro-batch (``n_ubatch``): sliding layers keep window + n_ubatch cells.
 DEFAULT_UBATCH = 512
