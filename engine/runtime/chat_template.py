@@ -392,12 +392,10 @@ class ChatTemplate:
                 self._template = self._env.from_string(text)
             except jinja2.TemplateSyntaxError as err:
                 raise TemplateError(
-                    f"the chat template ({source}) has a syntax error on line {err.lineno}: {err.message}"
+                    f"{_label(source)} has a syntax error on line {err.lineno}: {err.message}"
                 ) from None
             except SecurityError as err:
-                raise TemplateError(
-                    f"the chat template ({source}) tried an unsafe operation: {err}"
-                ) from None
+                raise TemplateError(f"{_label(source)} tried an unsafe operation: {err}") from None
 
     # constructors
 
