@@ -1,6 +1,6 @@
 """How fast Kvant opens a GGUF file, against llama.cpp's gguf-py reader, on the default model.
 
-    python benchmarks/bench_gguf.py [MODEL] [--repeat N] [--skip-gguf-py]
+Usage: python benchmarks/bench_gguf.py [MODEL] [--repeat N] [--skip-gguf-py]
 """
 
 from __future__ import annotations
