@@ -218,3 +218,42 @@ def test_fuzz_default_model_header(default_model):
     cases = int(os.environ.get("KVANT_FUZZ_REAL_CASES", "30"))
     for _ in range(cases):
         _check(_mutate(rng, head, header_end))
+
+
+def test_prefix_parsing_with_file_size(sample_bytes):
+    """A header read from the first bytes of a file (HTTP Range) parses, or asks for more bytes."""
+    from engine.gguf import GGUFIncomplete
+
+    full = parse_header(sample_bytes)
+    for cut in range(full.header_size):  # any prefix that ends inside the header
+        with pytest.raises(GGUFIncomplete):
+            parse_header(sample_bytes[:cut], "remote.gguf", file_size=len(sample_bytes))
+    prefix = parse_header(sample_bytes[: full.header_size], "remote.gguf", file_size=len(sample_bytes))
+    assert prefix.file_size == len(sample_bytes) and prefix.data_offset == full.data_offset
+    assert [(t.name, t.file_offset, t.nbytes) for t in prefix.tensors] == [
+        (t.name, t.file_offset, t.nbytes) for t in full.tensors
+    ]
+    assert prefix.metadata["tokenizer.ggml.tokens"].value == full.metadata["tokenizer.ggml.tokens"].value
+    # a declared size too small for the tensors is still an error, not a request for more bytes
+    with pytest.raises(GGUFError, match="lies outside the file") as err:
+        parse_header(sample_bytes[: full.header_size], "remote.gguf", file_size=full.data_offset + 10)
+    assert not isinstance(err.value, GGUFIncomplete)
+    # counts are judged against the whole file: a huge array in a big file is fine to ask more for
+    with pytest.raises(GGUFIncomplete):
+        parse_header(sample_bytes[:64], "remote.gguf", file_size=10**9)
+    # but impossible even for the whole file is an error
+    with pytest.raises(GGUFError, match="impossible"):
+        parse_header(gguf_bytes(n_tensors=2**40), "remote.gguf", file_size=10**6)
+
+
+def test_fuzz_prefixes_with_declared_size(sample_bytes):
+    rng = np.random.default_rng(11)
+    header_end = parse_header(sample_bytes).header_size
+    for _ in range(FUZZ_CASES // 4):
+        data = _mutate(rng, sample_bytes, header_end)
+        cut = int(rng.integers(0, len(data) + 1))
+        declared = len(data) + int(rng.integers(0, 1 << 20))
+        try:
+            parse_header(data[:cut], "fuzz.gguf", file_size=declared)
+        except GGUFError:
+            pass

@@ -2,12 +2,13 @@
 
 from engine.gguf.info import ModelInfo, model_info, read_model_info
 from engine.gguf.model import GGUFModel, open_gguf
-from engine.gguf.reader import GGUFFile, GGUFHeader, MetadataValue, TensorInfo, parse_header
+from engine.gguf.reader import GGUFFile, GGUFHeader, GGUFIncomplete, MetadataValue, TensorInfo, parse_header
 from engine.gguf.writer import SplitPolicy, TensorSpec, metadata_value, write_gguf, write_gguf_sync
 
 __all__ = [
     "GGUFFile",
     "GGUFHeader",
+    "GGUFIncomplete",
     "GGUFModel",
     "MetadataValue",
     "ModelInfo",

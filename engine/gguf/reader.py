@@ -39,6 +39,11 @@ from engine.gguf.constants import (
     type_name,
 )
 
+
+class GGUFIncomplete(GGUFError):
+    """The bytes given end inside the header of a longer file: read more and parse again."""
+
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _INT64_MAX = 2**63 - 1
@@ -116,12 +121,13 @@ class GGUFHeader:
 class _Cursor:
     """Bounds-checked little-endian reads from a buffer; errors name the offset and the item."""
 
-    __slots__ = ("buf", "pos", "size", "source")
+    __slots__ = ("buf", "limit", "pos", "size", "source")
 
-    def __init__(self, buf: memoryview, source: str) -> None:
+    def __init__(self, buf: memoryview, source: str, file_size: int | None = None) -> None:
         self.buf = buf
         self.pos = 0
-        self.size = len(buf)
+        self.size = len(buf)  # bytes we have
+        self.limit = max(self.size, file_size or 0)  # bytes the file has
         self.source = source
 
     def fail(self, what: str, at: int | None = None) -> GGUFError:
@@ -129,9 +135,15 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise self.fail(
-                f"file is truncated: {what} needs {n} bytes but only {self.size - self.pos} remain"
-            )
+            self.short(self.pos + n, what)
+
+    def short(self, end: int, what: str) -> None:
+        """Raise for a read that ends at ``end``, past the bytes we have."""
+        if end <= self.limit:
+            raise GGUFIncomplete(f"{self.source}: the header continues past the first {self.size} bytes")
+        raise self.fail(
+            f"file is truncated: {what} needs {end - self.pos} bytes but only {self.limit - self.pos} remain"
+        )
 
     def u32(self, what: str) -> int:
         self.need(4, what)
@@ -149,7 +161,7 @@ class _Cursor:
         """A u64 count whose items (each at least ``min_item_size`` bytes) must fit in what remains."""
         at = self.pos
         n = self.u64(what)
-        remaining = self.size - self.pos
+        remaining = self.limit - self.pos
         if n * max(min_item_size, 1) > remaining:
             raise self.fail(
                 f"{what} is {n}, impossible with {remaining} bytes left (truncated or corrupt file)", at
@@ -159,6 +171,7 @@ class _Cursor:
     def string(self, what: str) -> str:
         at = self.pos
         n = self.count(f"length of {what}", 1)
+        self.need(n, what)
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         try:
@@ -200,6 +213,7 @@ class _Cursor:
             items = [self.value(item_type, f"{what}[{i}]", depth + 1) for i in range(n)]
             return MetadataValue(vtype, items, item_type)
         nbytes = n * SCALAR_SIZES[item_type]
+        self.need(nbytes, what)
         arr = np.frombuffer(self.buf, dtype=NUMPY_DTYPES[item_type], count=n, offset=self.pos)
         self.pos += nbytes
         return MetadataValue(vtype, arr, item_type)
@@ -211,13 +225,16 @@ class _Cursor:
         for i in range(n):
             if pos + 8 > size:
                 self.pos = pos
-                raise self.fail(f"file is truncated inside {what}[{i}]")
+                self.short(pos + 8, f"{what}[{i}]")
             (length,) = unpack(buf, pos)
             pos += 8
             end = pos + length
             if end > size:
                 self.pos = pos - 8
-                raise self.fail(f"length of {what}[{i}] is {length}, impossible with {size - pos} bytes left")
+                if end <= self.limit:
+                    self.short(end, f"{what}[{i}]")
+                left = self.limit - pos
+                raise self.fail(f"length of {what}[{i}] is {length}, impossible with {left} bytes left")
             raw = buf[pos:end].tobytes()
             try:
                 out[i] = raw.decode("utf-8")
@@ -228,11 +245,18 @@ class _Cursor:
         return out
 
 
-def parse_header(buf: memoryview | bytes, source: str = "<buffer>") -> GGUFHeader:
-    """Parse and validate a GGUF header from ``buf`` (the whole file's bytes or a mapping)."""
+def parse_header(
+    buf: memoryview | bytes, source: str = "<buffer>", *, file_size: int | None = None
+) -> GGUFHeader:
+    """Parse and validate a GGUF header from ``buf``: the whole file, or its first bytes.
+
+    With ``file_size`` larger than ``buf`` (a prefix, e.g. fetched with an HTTP Range request),
+    counts and tensor offsets are checked against the whole file's size, and a header that runs
+    past the prefix raises :class:`GGUFIncomplete` (a :class:`GGUFError`): fetch more, retry.
+    """
     view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
-    cur = _Cursor(view, source)
-    if cur.size == 0:
+    cur = _Cursor(view, source, file_size)
+    if cur.limit == 0:
         raise GGUFError(f"{source}: the file is empty, not a GGUF model")
     cur.need(4, "the magic bytes")
     magic = bytes(view[:4])
@@ -306,7 +330,7 @@ def parse_header(buf: memoryview | bytes, source: str = "<buffer>") -> GGUFHeade
 
     header_size = cur.pos
     data_offset = align_up(header_size, alignment)
-    data_size = cur.size - data_offset
+    data_size = cur.limit - data_offset
     for name, ttype, dims, offset, nbytes in raw_infos:
         if offset + nbytes > data_size:
             raise GGUFError(
@@ -324,7 +348,7 @@ def parse_header(buf: memoryview | bytes, source: str = "<buffer>") -> GGUFHeade
         tensors=tensors,
         alignment=alignment,
         data_offset=data_offset,
-        file_size=cur.size,
+        file_size=cur.limit,
         header_size=header_size,
         tensor_index=index,
     )

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from huggingface_hub.hf_api import RepoFile
 
 from engine.errors import GGUFError
-from engine.gguf import GGUFHeader, MetadataValue, parse_header
+from engine.gguf import GGUFHeader, GGUFIncomplete, parse_header
 from engine.hub._http import (
     HubError,
     RetryPolicy,
@@ -176,59 +172,12 @@ def _total_size(response: Any) -> int | None:
     return None
 
 
-def _needs_more(err: GGUFError) -> bool:
-    text = str(err)
-    if "lies outside the file" in text:
-        return False  # the whole header parsed; only the tensor data is missing
-    return "truncated" in text or "impossible with" in text
-
-
-def _detach(value: MetadataValue) -> MetadataValue:
-    """Copy arrays that point into a temporary buffer."""
-    if isinstance(value.value, np.ndarray):
-        arr = value.value.copy()
-        arr.flags.writeable = False
-        return MetadataValue(value.type, arr, value.item_type)
-    if isinstance(value.value, list) and value.value and isinstance(value.value[0], MetadataValue):
-        return MetadataValue(value.type, [_detach(v) for v in value.value], value.item_type)
-    return value
-
-
 def header_from_prefix(prefix: bytes, file_size: int, source: str) -> GGUFHeader | None:
-    """Parse a GGUF header from the first bytes of a ``file_size``-byte file; None: need more bytes.
-
-    ``parse_header`` checks that every tensor lies inside the buffer, so the prefix is laid
-    into a lazily allocated, zero-filled mapping of the whole file's size (untouched pages cost
-    no memory) once the prefix alone is known to hold the complete header.
-    """
+    """Parse a GGUF header from the first bytes of a ``file_size``-byte file; None: need more bytes."""
     try:
-        return parse_header(prefix, source)  # the prefix is the whole file
-    except GGUFError as err:
-        if len(prefix) >= file_size:
-            raise
-        if "lies outside the file" not in str(err):
-            if _needs_more(err):
-                return None
-            raise
-    flags = {}
-    if sys.platform != "win32":
-        flags["flags"] = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-    try:
-        mm = mmap.mmap(-1, file_size, **flags)
-    except (OSError, OverflowError, ValueError) as err:
-        raise HubError(f"{source}: cannot map {file_size} bytes to read its header ({err})") from None
-    try:
-        mm[: len(prefix)] = prefix
-        view = memoryview(mm)
-        try:
-            header = parse_header(view, source)
-            header.metadata = {k: _detach(v) for k, v in header.metadata.items()}
-        finally:
-            view.release()
-    finally:
-        with contextlib.suppress(BufferError):  # an array still points into it: the GC closes it
-            mm.close()
-    return header
+        return parse_header(prefix, source, file_size=file_size)
+    except GGUFIncomplete:
+        return None
 
 
 def fetch_remote_header(
