@@ -7,6 +7,7 @@ Set KVANT_FUZZ_CASES to run more cases than CI does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tracemalloc
@@ -253,7 +254,5 @@ def test_fuzz_prefixes_with_declared_size(sample_bytes):
         data = _mutate(rng, sample_bytes, header_end)
         cut = int(rng.integers(0, len(data) + 1))
         declared = len(data) + int(rng.integers(0, 1 << 20))
-        try:
+        with contextlib.suppress(GGUFError):  # anything else fails the test
             parse_header(data[:cut], "fuzz.gguf", file_size=declared)
-        except GGUFError:
-            pass
