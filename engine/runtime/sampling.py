@@ -22,9 +22,11 @@ Semantics follow ``src/llama-sampling.cpp``:
 * min-p keeps every token whose logit is at least ``max + log(p)`` (``p_i >= p * p_max``), at least
   ``min_keep`` of them; ``p <= 0`` is a no-op;
 * temperature divides the logits; temperature 0 keeps only the first maximum (greedy);
-* dist draws ``u`` uniform in [0, 1) and picks the first candidate whose running probability sum reaches
-  ``u * sum``. llama.cpp's ``min_keep`` default of 0 behaves as 1 (the best token always survives);
-  ``min_keep`` here is at least 1 for that reason.
+* dist draws ``u`` uniform in [0, 1) from NumPy's PCG64 (llama.cpp: mt19937, so the same seed does not
+  give llama.cpp's tokens) and picks the first candidate whose running probability sum passes ``u * sum``
+  (candidates are best first after top-k or top-p, as in llama.cpp, and in id order otherwise);
+* ``min_keep``: llama.cpp's default of 0 behaves as 1 (the best token always survives), so it is at least
+  1 here.
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ def _window(recent_ids: Sequence[int] | np.ndarray, last_n: int, n_vocab: int) -
     """The ids the penalties look at (the last ``last_n``, or all for -1), checked against the vocabulary."""
     if last_n == 0:
         return np.empty(0, dtype=np.int64)
+    if not isinstance(recent_ids, list | tuple | np.ndarray):
+        recent_ids = list(recent_ids)  # a deque, a generator...
     ids = recent_ids if last_n < 0 else recent_ids[-last_n:]
     arr = np.asarray(ids)
     if arr.size == 0:
@@ -344,7 +348,9 @@ class Sampler:
     def candidates(
         self, logits: np.ndarray, recent_ids: Sequence[int] | np.ndarray = ()
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ids the chain may still pick and their probabilities (after temperature), best first.
+        """The ids the chain may still pick and their probabilities (after temperature).
+
+        Best first after top-k or top-p; in id order when both are off.
 
         For temperature 0 this is the single greedy token with probability 1.
         """
