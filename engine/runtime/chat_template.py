@@ -198,33 +198,39 @@ def _fmt_mistral_v7(msgs: Sequence[Mapping[str, str]], add_ass: bool) -> str:
 
 
 # name -> (formatter, end-of-turn markers). Names are llama.cpp's template names.
-_BUILTINS: dict[str, tuple[Callable[[Sequence[Mapping[str, str]], bool], str], tuple[str, ...]]] = {
-    "gemma": (_fmt_gemma, ("<end_of_turn>",)),
-    "chatml": (_fmt_chatml, ("<|im_end|>",)),
-    "llama3": (_fmt_llama3, ("<|eot_id|>",)),
-    "llama2": (_llama2(support_system=False), ("</s>",)),
-    "llama2-sys": (_llama2(support_system=True), ("</s>",)),
-    "mistral-v1": (_mistral("v1"), ("</s>",)),
-    "mistral-v3": (_mistral("v3"), ("</s>",)),
-    "mistral-v3-tekken": (_mistral("v3-tekken"), ("</s>",)),
-    "mistral-v7": (_fmt_mistral_v7, ("</s>",)),
-    "phi3": (_fmt_phi3, ("<|end|>",)),
-}
+_BUILTINS: Mapping[str, tuple[Callable[[Sequence[Mapping[str, str]], bool], str], tuple[str, ...]]] = (
+    types.MappingProxyType(
+        {
+            "gemma": (_fmt_gemma, ("<end_of_turn>",)),
+            "chatml": (_fmt_chatml, ("<|im_end|>",)),
+            "llama3": (_fmt_llama3, ("<|eot_id|>",)),
+            "llama2": (_llama2(support_system=False), ("</s>",)),
+            "llama2-sys": (_llama2(support_system=True), ("</s>",)),
+            "mistral-v1": (_mistral("v1"), ("</s>",)),
+            "mistral-v3": (_mistral("v3"), ("</s>",)),
+            "mistral-v3-tekken": (_mistral("v3-tekken"), ("</s>",)),
+            "mistral-v7": (_fmt_mistral_v7, ("</s>",)),
+            "phi3": (_fmt_phi3, ("<|end|>",)),
+        }
+    )
+)
 BUILTIN_FORMATS: tuple[str, ...] = tuple(_BUILTINS)
 
-_ARCH_FORMATS = {
-    "gemma": "gemma",
-    "gemma2": "gemma",
-    "gemma3": "gemma",
-    "gemma3n": "gemma",
-    "qwen": "chatml",
-    "qwen2": "chatml",
-    "qwen2moe": "chatml",
-    "qwen2vl": "chatml",
-    "qwen3": "chatml",
-    "qwen3moe": "chatml",
-    "phi3": "phi3",
-}
+_ARCH_FORMATS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "gemma": "gemma",
+        "gemma2": "gemma",
+        "gemma3": "gemma",
+        "gemma3n": "gemma",
+        "qwen": "chatml",
+        "qwen2": "chatml",
+        "qwen2moe": "chatml",
+        "qwen2vl": "chatml",
+        "qwen3": "chatml",
+        "qwen3moe": "chatml",
+        "phi3": "phi3",
+    }
+)
 
 
 def builtin_format_for(architecture: str | None, tokens: Sequence[str] | None = None) -> str:
