@@ -134,7 +134,13 @@ _ESCAPED_SPACE = "\u2581"  # ▁
 
 
 class Tokenizer:
-    """A model's tokenizer, built from its GGUF metadata (``Tokenizer.from_gguf(model)``)."""
+    """A model's tokenizer, built from its GGUF metadata (``Tokenizer.from_gguf(model)``).
+
+    Besides the methods: ``kind`` ("spm" or "bpe"), ``model`` (tokenizer.ggml.model),
+    ``pre_tokenizer`` (tokenizer.ggml.pre as used, "" for SPM), and llama.cpp's vocabulary flags
+    ``add_bos``, ``add_eos``, ``add_space_prefix``, ``clean_spaces``, ``ignore_merges``.
+    Construction raises :class:`engine.errors.ModelError` for a vocabulary Kvant cannot reproduce.
+    """
 
     def __init__(self, get: Callable[[str], Any]) -> None:
         self._load(get)
