@@ -1,0 +1,187 @@
+"""``engine.open_model``: a loaded model with its tokenizer, chat template and generation loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import Cancelled, ModelError
+from engine.gguf import ModelInfo, model_info, open_gguf
+from engine.progress import CancelToken, Progress
+from engine.runtime.chat_template import ChatTemplate
+from engine.runtime.generate import GenerationEvent, generate
+from engine.runtime.sampling import SamplingParams
+from engine.runtime.tokenizer import Tokenizer
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Model:
+    """A model ready to run: tokenize, evaluate logits, generate, chat.
+
+    Not thread-safe for concurrent generations: one generation at a time per Model.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        gguf: Any,
+        net: Any,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        load_seconds: float,
+    ) -> None:
+        self.path = path
+        self._gguf = gguf
+        self.net = net
+        self.tokenizer = tokenizer
+        self.template = template
+        self.load_seconds = load_seconds
+        self.info: ModelInfo = model_info(gguf)
+        self._cached: list[int] = []  # the tokens in the KV cache, in order
+
+    # --- text ------------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self.net.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self.net.n_vocab
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # --- evaluation --------------------------------------------------------------------------
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits (len(ids), n_vocab) float32 for the whole sequence, from an empty cache."""
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise ModelError("logits() needs at least one token")
+        if len(ids) > self.n_ctx:
+            raise ModelError(f"{len(ids)} tokens do not fit in the context window of {self.n_ctx}")
+        self._cached.clear()
+        self.net.reset()
+        return self.net.forward(np.asarray(ids, np.int32), 0)
+
+    def reset(self) -> None:
+        self._cached.clear()
+        self.net.reset()
+
+    # --- generation ----------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        cancel: CancelToken | None = None,
+        **sampling: Any,
+    ) -> Iterator[GenerationEvent]:
+        """Stream a continuation of ``prompt_ids``; keyword arguments override ``params``' fields."""
+        params = _params(params, sampling)
+        return generate(
+            self.net,
+            self.tokenizer,
+            prompt_ids,
+            params,
+            eog_ids=self.tokenizer.eog_ids,
+            stop_strings=(),
+            cached_ids=self._cached,
+            cancel=cancel,
+        )
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self.template.render(list(messages), add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_bos=True, special=True)
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        params: SamplingParams | None = None,
+        *,
+        cancel: CancelToken | None = None,
+        **sampling: Any,
+    ) -> Iterator[GenerationEvent]:
+        """Answer the last user message of a conversation, streaming; stops at end of turn."""
+        params = _params(params, sampling)
+        return generate(
+            self.net,
+            self.tokenizer,
+            self.chat_prompt(messages),
+            params,
+            eog_ids=self.tokenizer.eog_ids,
+            stop_strings=self.template.stop_strings,
+            cached_ids=self._cached,
+            cancel=cancel,
+        )
+
+    def close(self) -> None:
+        self._gguf.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _params(params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:
+    base = params or SamplingParams()
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def open_model(
+    path: str | Path,
+    *,
+    n_ctx: int = 4096,
+    n_gpu_layers: int | str = 0,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Model:
+    """Open a GGUF model for inference (weights stay memory-mapped).
+
+    ``progress`` receives :class:`Progress` events while loading; ``cancel`` stops the load
+    between steps with :class:`Cancelled`. ``n_gpu_layers`` other than 0 needs the GPU backend.
+    """
+    from engine.models import load_model  # heavy: Numba kernels
+
+    if n_gpu_layers not in (0, None):
+        raise ModelError("GPU offload is not available yet: open the model with n_gpu_layers=0")
+    if threads is not None:
+        if threads < 1:
+            raise ModelError(f"threads must be at least 1, not {threads}")
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    t0 = time.perf_counter()
+    steps = ("reading the header", "tokenizer", "weights and kernels", "ready")
+
+    def step(i: int) -> None:
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("loading the model was cancelled")
+        if progress is not None:
+            progress(Progress("load", i, len(steps) - 1, steps[i]))
+
+    path = Path(path)
+    step(0)
+    gguf = open_gguf(path)
+    try:
+        step(1)
+        tokenizer = Tokenizer.from_gguf(gguf)
+        template = ChatTemplate.from_gguf(gguf)
+        step(2)
+        net = load_model(gguf, n_ctx=n_ctx)
+        step(3)
+    except BaseException:
+        gguf.close()
+        raise
+    return Model(path, gguf, net, tokenizer, template, time.perf_counter() - t0)
