@@ -1,0 +1,1 @@
+"""The inference runtime: CPU kernels, the KV cache."""

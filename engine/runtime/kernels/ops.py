@@ -1,0 +1,171 @@
+"""Element-wise and per-row kernels: RMSNorm, RoPE, GELU-tanh, softmax.
+
+Each has a Numba implementation and a NumPy reference (``*_ref``); both follow ggml's CPU
+arithmetic (RMSNorm sums squares in float64; RoPE's angle is advanced by repeated f32
+multiplication; softmax sums in float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
+from engine.runtime.kernels._config import KERNEL
+
+GELU_COEF_A = np.float32(0.044715)
+SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
+
+
+# ---------------------------------------------------------------------------- RMSNorm
+
+
+@njit(**KERNEL, parallel=True)
+def rmsnorm(x, w, eps):
+    """RMSNorm over the last axis of x (rows, n), times weight w (n,) -> new array."""
+    rows, n = x.shape
+    out = np.empty_like(x)
+    for r in prange(rows):
+        s = 0.0
+        for i in range(n):
+            v = x[r, i]
+            s += np.float64(np.float32(v * v))
+        mean = np.float32(s / n)
+        scale = np.float32(np.float32(1.0) / np.float32(math.sqrt(np.float32(mean + eps))))
+        for i in range(n):
+            out[r, i] = np.float32(x[r, i] * scale) * w[i]
+    return out
+
+
+def rmsnorm_ref(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    mean = ((x * x).astype(np.float64).sum(axis=-1) / x.shape[-1]).astype(np.float32)
+    scale = (np.float32(1.0) / np.sqrt(mean + np.float32(eps))).astype(np.float32)
+    return (x * scale[..., None]) * w
+
+
+# ---------------------------------------------------------------------------- RoPE (NEOX)
+
+
+@njit(**KERNEL, parallel=True)
+def rope_neox(x, positions, base, freq_scale):
+    """Rotate x (n, heads, d) in place, NEOX mode (pairs i, i + d/2), ggml's angle recurrence."""
+    n, nh, d = x.shape
+    half = d // 2
+    theta_scale = np.float32(math.pow(np.float32(base), np.float32(-2.0) / np.float32(d)))
+    for t in prange(n):
+        theta = np.float32(positions[t])
+        for i in range(half):
+            ang = np.float32(freq_scale * theta)
+            c = np.float32(math.cos(ang))
+            s = np.float32(math.sin(ang))
+            for h in range(nh):
+                x0 = x[t, h, i]
+                x1 = x[t, h, i + half]
+                x[t, h, i] = x0 * c - x1 * s
+                x[t, h, i + half] = x0 * s + x1 * c
+            theta = np.float32(theta * theta_scale)
+    return x
+
+
+def rope_neox_ref(x: np.ndarray, positions: np.ndarray, base: float, freq_scale: float) -> np.ndarray:
+    x = np.array(x, np.float32)
+    n, _, d = x.shape
+    half = d // 2
+    theta_scale = np.float32(np.float32(base) ** (np.float32(-2.0) / np.float32(d)))
+    theta = np.asarray(positions, np.float32).copy()
+    cos = np.empty((n, half), np.float32)
+    sin = np.empty((n, half), np.float32)
+    for i in range(half):
+        ang = (np.float32(freq_scale) * theta).astype(np.float64)
+        cos[:, i] = np.cos(ang)
+        sin[:, i] = np.sin(ang)
+        theta = (theta * theta_scale).astype(np.float32)
+    x0 = x[:, :, :half].copy()
+    x1 = x[:, :, half:].copy()
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    x[:, :, :half] = x0 * c - x1 * s
+    x[:, :, half:] = x0 * s + x1 * c
+    return x
+
+
+# ---------------------------------------------------------------------------- GELU (tanh)
+
+
+@njit(**KERNEL, inline="always")
+def _gelu1(v):
+    return np.float32(
+        np.float32(0.5) * v * (np.float32(1.0) + math.tanh(SQRT_2_OVER_PI * v * (1 + GELU_COEF_A * v * v)))
+    )
+
+
+@njit(**KERNEL, parallel=True)
+def geglu(gate, up, fp16_table):
+    """gelu_tanh(gate) * up.  ``fp16_table`` mimics ggml's table: gelu of the fp16-rounded input,
+    rounded to fp16 (|x| < 10); beyond, 0 or x."""
+    rows, n = gate.shape
+    out = np.empty_like(gate)
+    for r in prange(rows):
+        for i in range(n):
+            v = gate[r, i]
+            if fp16_table:
+                if v <= -10.0:
+                    g = np.float32(0.0)
+                elif v >= 10.0:
+                    g = v
+                else:
+                    g = f16_bits_to_f32(f32_to_f16_bits(_gelu1(f16_bits_to_f32(f32_to_f16_bits(v)))))
+            else:
+                g = _gelu1(v)
+            out[r, i] = g * up[r, i]
+    return out
+
+
+def geglu_ref(gate: np.ndarray, up: np.ndarray, fp16_table: bool) -> np.ndarray:
+    g = np.asarray(gate, np.float32)
+
+    def gelu(v: np.ndarray) -> np.ndarray:
+        v = v.astype(np.float32)
+        inner = (SQRT_2_OVER_PI * v * (1 + GELU_COEF_A * v * v)).astype(np.float32)
+        return (np.float32(0.5) * v * (1 + np.tanh(inner))).astype(np.float32)
+
+    if fp16_table:
+        y = gelu(g.astype(np.float16).astype(np.float32)).astype(np.float16).astype(np.float32)
+        y = np.where(g <= -10, np.float32(0), np.where(g >= 10, g, y))
+    else:
+        y = gelu(g)
+    return (y * up).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- softmax
+
+
+@njit(**KERNEL, parallel=True)
+def softmax(x):
+    """Softmax over the last axis of x (rows, n); sum in float64, as ggml does."""
+    rows, n = x.shape
+    out = np.empty_like(x)
+    for r in prange(rows):
+        m = -np.inf
+        for i in range(n):
+            m = max(m, x[r, i])
+        s = 0.0
+        for i in range(n):
+            e = np.float32(math.exp(np.float32(x[r, i] - m)))
+            out[r, i] = e
+            s += e
+        inv = np.float32(1.0 / s)
+        for i in range(n):
+            out[r, i] *= inv
+    return out
+
+
+def softmax_ref(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    e = np.exp(x - x.max(axis=-1, keepdims=True)).astype(np.float32)
+    return (e * (1.0 / e.astype(np.float64).sum(axis=-1, keepdims=True)).astype(np.float32)).astype(
+        np.float32
+    )

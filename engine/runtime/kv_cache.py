@@ -1,0 +1,92 @@
+"""A per-layer KV cache sized from ``n_ctx``, ring-buffered on sliding-window layers.
+
+A full-attention layer keeps ``n_ctx`` slots (position ``p`` in slot ``p``).  A sliding-window
+layer (window ``w``) keeps ``min(n_ctx, w + max_batch - 1)`` slots as a ring (position ``p`` in
+slot ``p % slots``): enough for every query of a batch of up to ``max_batch`` tokens to still see
+its last ``w`` keys after the whole batch is written.
+
+``dtype="f16"`` (llama.cpp's default) stores values rounded to fp16 (held in f32 arrays so the
+Numba kernels read them directly); ``"f32"`` stores them as computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import ModelError
+
+
+class KVCache:
+    """K and V for every layer; :meth:`write` a batch, then :meth:`view` what attention reads."""
+
+    def __init__(
+        self,
+        n_ctx: int,
+        n_kv_head: int,
+        head_dim: int,
+        windows: list[int],
+        max_batch: int,
+        dtype: str = "f16",
+    ) -> None:
+        if dtype not in ("f16", "f32"):
+            raise ModelError(f"KV cache type must be 'f16' or 'f32', not {dtype!r}")
+        if n_ctx < 1 or max_batch < 1:
+            raise ModelError(f"KV cache needs n_ctx >= 1 and max_batch >= 1 (got {n_ctx}, {max_batch})")
+        self.n_ctx = n_ctx
+        self.max_batch = max_batch
+        self.dtype = dtype
+        self.windows = list(windows)
+        self.slots = [n_ctx if w <= 0 else min(n_ctx, w + max_batch - 1) for w in self.windows]
+        self.k = [np.zeros((s, n_kv_head, head_dim), np.float32) for s in self.slots]
+        self.v = [np.zeros((s, n_kv_head, head_dim), np.float32) for s in self.slots]
+        self.slot_pos = [np.full(s, -1, np.int64) for s in self.slots]
+        self.n_past = 0
+
+    @property
+    def round_f16(self) -> bool:
+        return self.dtype == "f16"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+    def reset(self) -> None:
+        for sp in self.slot_pos:
+            sp.fill(-1)
+        self.n_past = 0
+
+    def check(self, start_pos: int, n_tokens: int) -> None:
+        """Raise :class:`ModelError` unless positions ``start_pos .. start_pos + n_tokens`` fit."""
+        if n_tokens > self.max_batch:
+            raise ModelError(f"a batch of {n_tokens} tokens is larger than the KV cache's {self.max_batch}")
+        if start_pos < 0 or start_pos > self.n_past:
+            raise ModelError(
+                f"start_pos {start_pos} is not in 0..{self.n_past} (the cache holds {self.n_past} positions)"
+            )
+        if start_pos + n_tokens > self.n_ctx:
+            raise ModelError(
+                f"context overflow: positions {start_pos}..{start_pos + n_tokens - 1} do not fit in "
+                f"n_ctx={self.n_ctx}; reset the model or load it with a larger n_ctx"
+            )
+
+    def truncate(self, n_past: int) -> None:
+        """Forget positions >= ``n_past`` (a batch restarting before the end of the cache)."""
+        for sp in self.slot_pos:
+            sp[sp >= n_past] = -1
+        self.n_past = n_past
+
+    def write(self, layer: int, start_pos: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store k, v (n, n_kv_head, head_dim) for positions ``start_pos ..``."""
+        n = k.shape[0]
+        slots = (np.arange(start_pos, start_pos + n) % self.slots[layer]) if n else np.zeros(0, np.int64)
+        if self.round_f16:
+            k = k.astype(np.float16)
+            v = v.astype(np.float16)
+        self.k[layer][slots] = k
+        self.v[layer][slots] = v
+        self.slot_pos[layer][slots] = np.arange(start_pos, start_pos + n)
+
+    def view(self, layer: int, end_pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(k, v, slot_pos) of the slots attention may read once positions < ``end_pos`` are written."""
+        n = min(self.slots[layer], end_pos)
+        return self.k[layer][:n], self.v[layer][:n], self.slot_pos[layer][:n]

@@ -1,0 +1,196 @@
+"""CPU kernels: every Numba kernel equals its NumPy reference; repacked weights dequantize exactly
+as gguf-py (llama.cpp's own Python dequantizers) does."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from engine.errors import ModelError
+from engine.runtime.kernels import (
+    attention,
+    attention_ref,
+    dequantize_rows,
+    geglu,
+    matmul_dense,
+    matmul_ref,
+    matvec,
+    quantize_q8_0,
+    quantize_q8_k,
+    repack,
+    rmsnorm,
+    rope_neox,
+    softmax,
+)
+from engine.runtime.kernels.actquant import dequant_act, quantize_q8_0_ref, quantize_q8_k_ref
+from engine.runtime.kernels.ops import geglu_ref, rmsnorm_ref, rope_neox_ref, softmax_ref
+from engine.runtime.kv_cache import KVCache
+
+GGML = {"Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+
+
+@pytest.fixture(scope="module")
+def gemma(default_model):
+    from engine.gguf import open_gguf
+
+    m = open_gguf(default_model)
+    yield m
+    m.close()
+
+
+def _random_weight(qtype: str, rows: int, cols: int, seed: int) -> np.ndarray:
+    """Bytes of a random weight in ``qtype``: engine.quant's quantizer, or random bytes with sane scales."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    try:
+        from engine.quant import quantize
+
+        return np.asarray(quantize(x, qtype), np.uint8).reshape(rows, -1)
+    except Exception:  # quantizer not available for this type: gguf-py's
+        return gguf.quants.quantize(x, gguf.GGMLQuantizationType[qtype]).reshape(rows, -1)
+
+
+def _real_weights(gemma):
+    """(name, raw, type, rows, cols) for one tensor of each type in the default model (few rows)."""
+    picks = {}
+    for t in gemma.tensors:
+        if t.type in (2, 6, 8, 12, 13, 14) and t.type not in picks and len(t.shape) == 2:
+            picks[t.type] = t
+    out = []
+    for t in picks.values():
+        rows, cols = t.shape
+        n = min(rows, 96)
+        raw = np.asarray(gemma.raw(t.name)).reshape(rows, -1)[:n]
+        out.append((t.name, raw, t.type, n, cols))
+    return out
+
+
+def _gguf_dequant(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> np.ndarray:
+    return np.asarray(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(ggml_type))).reshape(rows, cols)
+
+
+def _check_weight(raw, ggml_type, rows, cols, rng):
+    w = repack(raw, ggml_type, rows, cols)
+    ref = _gguf_dequant(raw, ggml_type, rows, cols)
+    np.testing.assert_array_equal(dequantize_rows(w), ref)
+    np.testing.assert_array_equal(dequantize_rows(w, 3, 7), ref[3:7])
+    for n in (1, 3):
+        x = (rng.standard_normal((n, cols)) * 4).astype(np.float32)
+        want = matmul_ref(ref, w.qtype, x)
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(matvec(w, x), want, rtol=0, atol=2e-6 * scale)
+        np.testing.assert_allclose(matmul_dense(w, x, chunk_rows=32), want, rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("qtype", sorted(GGML))
+def test_matvec_random_weights(qtype):
+    rng = np.random.default_rng(7)
+    cols = 512
+    raw = _random_weight(qtype, 40, cols, seed=GGML[qtype])
+    _check_weight(raw, GGML[qtype], 40, cols, rng)
+
+
+def test_matvec_real_model_weights(gemma):
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _name, raw, ggml_type, rows, cols in _real_weights(gemma):
+        _check_weight(raw, ggml_type, rows, cols, rng)
+        seen.add(ggml_type)
+    assert {6, 8, 12, 14} <= seen
+
+
+def test_repack_rejects_bad_shapes():
+    with pytest.raises(ModelError):
+        repack(np.zeros(34, np.uint8), 8, 1, 33)
+    with pytest.raises(ModelError):
+        repack(np.zeros(34, np.uint8), 99, 1, 32)
+
+
+@pytest.mark.parametrize("k", [256, 640, 1024])
+def test_activation_quantization(k):
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((5, k)) * rng.uniform(0.01, 100, (5, 1))).astype(np.float32)
+    x[1, :32] = 0.0  # an all-zero block
+    q, d = quantize_q8_0(x)
+    qr, dr = quantize_q8_0_ref(x)
+    np.testing.assert_array_equal(q, qr)
+    np.testing.assert_array_equal(d, dr)
+    assert np.abs(dequant_act(q, d) - x).max() <= np.abs(x).max() / 127
+    if k % 256 == 0:
+        q, d, bs = quantize_q8_k(x)
+        qr, dr, bsr = quantize_q8_k_ref(x)
+        np.testing.assert_array_equal(q, qr)
+        np.testing.assert_array_equal(d, dr)
+        np.testing.assert_array_equal(bs, bsr)
+
+
+def test_rmsnorm_rope_geglu_softmax():
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((7, 640)) * 30).astype(np.float32)
+    w = rng.uniform(0.5, 3, 640).astype(np.float32)
+    np.testing.assert_allclose(rmsnorm(x, w, np.float32(1e-6)), rmsnorm_ref(x, w, 1e-6), rtol=1e-6, atol=1e-6)
+
+    q = rng.standard_normal((5, 4, 256)).astype(np.float32)
+    pos = np.array([0, 1, 511, 512, 3000])
+    for base in (10000.0, 1e6):
+        got = rope_neox(q.copy(), pos, base, 1.0)
+        np.testing.assert_allclose(got, rope_neox_ref(q, pos, base, 1.0), rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(rope_neox(q.copy(), np.zeros(5, np.int64), 1e4, 1.0), q)
+
+    g = (rng.standard_normal((3, 300)) * 6).astype(np.float32)
+    g[0, :4] = [-12.0, 12.0, 0.0, -10.0]
+    u = rng.standard_normal((3, 300)).astype(np.float32)
+    np.testing.assert_allclose(geglu(g, u, False), geglu_ref(g, u, False), rtol=1e-6, atol=1e-6)
+    # the fp16 table rounds its output: one fp16 step apart at most
+    np.testing.assert_allclose(geglu(g, u, True), geglu_ref(g, u, True), rtol=1e-3, atol=1e-6)
+
+    s = (rng.standard_normal((4, 100)) * 10).astype(np.float32)
+    np.testing.assert_allclose(softmax(s), softmax_ref(s), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(softmax(s).sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("round_f16", [False, True])
+def test_attention_numba_equals_reference(window, round_f16):
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((6, 4, 32)).astype(np.float32)
+    k = rng.standard_normal((13, 1, 32)).astype(np.float32)
+    v = rng.standard_normal((13, 1, 32)).astype(np.float32)
+    slot_pos = rng.permutation(13).astype(np.int64)  # a ring buffer: slots out of position order
+    slot_pos[slot_pos == 12] = -1  # an empty slot
+    qpos = np.arange(6, 12)
+    got = attention(q, k, v, slot_pos, qpos, window, round_f16)
+    want = attention_ref(q, k, v, slot_pos, qpos, window, round_f16)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    # brute force for one query: softmax over exactly the visible positions
+    t, h = 3, 2
+    p = qpos[t]
+    vis = (slot_pos >= 0) & (slot_pos <= p) & ((window == 0) | (p - slot_pos < window))
+    sc = k[vis, 0] @ q[t, h]
+    pr = np.exp(sc - sc.max())
+    pr /= pr.sum()
+    np.testing.assert_allclose(got[t, h], pr @ v[vis, 0], rtol=2e-3 if round_f16 else 1e-5, atol=2e-3)
+
+
+def test_kv_cache_ring_and_overflow():
+    c = KVCache(n_ctx=40, n_kv_head=1, head_dim=4, windows=[0, 8], max_batch=4, dtype="f32")
+    assert c.slots == [40, 11]
+    for start in range(0, 40, 4):
+        k = np.full((4, 1, 4), start, np.float32) + np.arange(4, dtype=np.float32)[:, None, None]
+        c.write(0, start, k, k)
+        c.write(1, start, k, k)
+        c.n_past = start + 4
+        _, _, sp = c.view(1, start + 4)
+        # every query of the batch still sees its last 8 positions
+        for p in range(start, start + 4):
+            need = set(range(max(0, p - 7), p + 1))
+            assert need <= set(sp.tolist())
+    kk, _, sp = c.view(1, 40)
+    for s, p in enumerate(sp):
+        assert kk[s, 0, 0] == p
+    with pytest.raises(ModelError, match="context overflow"):
+        c.check(38, 3)
+    with pytest.raises(ModelError):
+        KVCache(8, 1, 4, [0], 4, dtype="q8")
