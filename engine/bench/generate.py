@@ -1,0 +1,151 @@
+"""Prefill and decode speed of a model in Kvant's engine, next to llama.cpp on the same token ids."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.bench import llamacpp
+from engine.progress import CancelToken, Progress
+
+# Public domain (US Declaration of Independence, 1776); repeated to the prompt length.
+TEXT = (
+    "When in the Course of human events, it becomes necessary for one people to dissolve the political "
+    "bands which have connected them with another, and to assume among the powers of the earth, the "
+    "separate and equal station to which the Laws of Nature and of Nature's God entitle them, a decent "
+    "respect to the opinions of mankind requires that they should declare the causes which impel them "
+    "to the separation. We hold these truths to be self-evident, that all men are created equal, that "
+    "they are endowed by their Creator with certain unalienable Rights, that among these are Life, "
+    "Liberty and the pursuit of Happiness. "
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpeed:
+    load_s: float
+    warmup_s: float  # first forward: kernel compile or cache load
+    prefill_tok_s: float
+    decode_tok_s: float
+    ttft_s: float
+    peak_rss_mb: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateBench:
+    model: str
+    file_mb: float
+    threads: int
+    n_prompt: int
+    n_gen: int
+    kvant: EngineSpeed
+    llamacpp: EngineSpeed | None
+    llamacpp_version: str | None
+
+    def ratios(self) -> dict[str, float] | None:
+        if self.llamacpp is None:
+            return None
+        return {
+            "prefill": self.kvant.prefill_tok_s / self.llamacpp.prefill_tok_s,
+            "decode": self.kvant.decode_tok_s / self.llamacpp.decode_tok_s,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratios": self.ratios()}
+
+
+def _peak_rss_mb() -> float | None:
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / 2**20 if sys.platform == "darwin" else usage / 1024
+
+
+def prompt_ids(tokenize, n: int) -> list[int]:
+    ids = tokenize(TEXT * (n // 60 + 2))
+    return ids[:n]
+
+
+def bench_generate(
+    path: str | Path,
+    *,
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    threads: int | None = None,
+    vs_llamacpp: bool = False,
+    cancel: CancelToken | None = None,
+) -> Iterator[Progress]:
+    """Measure load, prefill (one ``n_prompt`` batch) and greedy decode (``n_gen`` tokens)."""
+    import numba
+
+    import engine
+
+    path = Path(path)
+    threads = threads or numba.config.NUMBA_NUM_THREADS
+    n_ctx = n_prompt + n_gen + 8
+    yield Progress("bench", 0, 4, "loading")
+    t0 = time.perf_counter()
+    model = engine.open_model(path, n_ctx=n_ctx, threads=threads)
+    load_s = time.perf_counter() - t0
+    try:
+        net = model.net
+        ids = np.asarray(prompt_ids(model.tokenize, n_prompt), np.int32)
+        yield Progress("bench", 1, 4, "warming up")
+        t0 = time.perf_counter()
+        net.forward(ids[:8], 0)
+        net.forward(ids[8:9], 8)
+        warmup_s = time.perf_counter() - t0
+        model.reset()
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        yield Progress("bench", 2, 4, f"prefill of {len(ids)} tokens")
+        t0 = time.perf_counter()
+        logits = net.forward(ids, 0, last_only=True)
+        t_prefill = time.perf_counter() - t0
+        nxt = int(np.argmax(logits[-1]))
+        ttft = time.perf_counter() - t0
+        yield Progress("bench", 3, 4, f"decode of {n_gen} tokens")
+        t0 = time.perf_counter()
+        for pos in range(len(ids), len(ids) + n_gen):
+            logits = net.forward(np.array([nxt], np.int32), pos, last_only=True)
+            nxt = int(np.argmax(logits[-1]))
+        t_decode = time.perf_counter() - t0
+        ours = EngineSpeed(load_s, warmup_s, len(ids) / t_prefill, n_gen / t_decode, ttft, _peak_rss_mb())
+    finally:
+        model.close()
+    theirs = None
+    version = llamacpp.available() if vs_llamacpp else None
+    if version:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        yield Progress("bench", 3, 4, "llama.cpp")
+        theirs = _bench_llamacpp(path, ids.tolist(), n_gen, n_ctx, threads)
+    yield Progress("bench", 4, 4, "done")
+    return GenerateBench(
+        str(path), path.stat().st_size / 1e6, threads, len(ids), n_gen, ours, theirs, version
+    )
+
+
+def _bench_llamacpp(path: Path, ids: list[int], n_gen: int, n_ctx: int, threads: int) -> EngineSpeed:
+    t0 = time.perf_counter()
+    llm = llamacpp.open_llama(path, n_ctx, threads)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    llm.eval(ids[:8])
+    warmup_s = time.perf_counter() - t0
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    t_prefill = time.perf_counter() - t0
+    nxt = int(np.argmax(llamacpp.last_logits(llm)))
+    ttft = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        llm.eval([nxt])
+        nxt = int(np.argmax(llamacpp.last_logits(llm)))
+    t_decode = time.perf_counter() - t0
+    return EngineSpeed(load_s, warmup_s, len(ids) / t_prefill, n_gen / t_decode, ttft, None)

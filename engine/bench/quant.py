@@ -1,0 +1,122 @@
+"""Quantize and dequantize throughput per type: Kvant (1 and all threads), gguf-py, llama.cpp."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.bench import llamacpp
+from engine.progress import CancelToken, Progress
+
+# gguf-py 0.19 quantizes only these (reference: quant-formats.md)
+GGUF_PY_QUANTIZES = frozenset({"BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0", "MXFP4"})
+
+
+@dataclass(frozen=True, slots=True)
+class QuantBenchRow:
+    type: str
+    imatrix: bool
+    kvant_1t_mb_s: float
+    kvant_nt_mb_s: float
+    gguf_py_mb_s: float | None
+    llamacpp_1t_mb_s: float | None
+    bit_exact: bool | None  # against llama.cpp, when it ran
+    dequant_kvant_nt_melem_s: float
+    dequant_gguf_py_melem_s: float | None
+
+    @property
+    def vs_llamacpp(self) -> float | None:
+        return None if self.llamacpp_1t_mb_s is None else self.kvant_nt_mb_s / self.llamacpp_1t_mb_s
+
+    @property
+    def vs_gguf_py(self) -> float | None:
+        return None if self.gguf_py_mb_s is None else self.kvant_nt_mb_s / self.gguf_py_mb_s
+
+
+@dataclass(frozen=True, slots=True)
+class QuantBench:
+    rows: int
+    cols: int
+    threads: int
+    repeat: int
+    llamacpp_version: str | None
+    results: list[QuantBenchRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["results"] = [
+            {**asdict(r), "ratio_vs_llamacpp": r.vs_llamacpp, "ratio_vs_gguf_py": r.vs_gguf_py}
+            for r in self.results
+        ]
+        return d
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm-up (compiles or loads the kernel cache)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_quant(
+    types: list[str] | None = None,
+    *,
+    rows: int = 4096,
+    cols: int = 4096,
+    repeat: int = 3,
+    cancel: CancelToken | None = None,
+) -> Iterator[Progress]:
+    """Measure every type on the same random rows × cols matrix; returns a :class:`QuantBench`."""
+    import gguf
+    import numba
+
+    import engine.quant as Q
+
+    support = {s.name: s for s in Q.supported()}
+    types = types or [s.name for s in support.values() if s.can_quantize and s.name != "F32"]
+    version = llamacpp.available()
+    lib = llamacpp.load_ggml() if version else None
+    threads = numba.config.NUMBA_NUM_THREADS
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    im = (rng.gamma(1.5, 1.0, cols) + 1e-3).astype(np.float32)
+    mb = x.nbytes / 1e6
+    result = QuantBench(rows, cols, threads, repeat, version)
+    for i, t in enumerate(types):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        yield Progress("bench quant", i, len(types), t)
+        s = support[t]
+        variants = [True] if s.needs_imatrix else ([False, True] if s.uses_imatrix else [False])
+        for with_im in variants:
+            imat = im if with_im else None
+            ours = Q.quantize(x, t, imat)
+            numba.set_num_threads(1)
+            t1 = _best(lambda t=t, imat=imat: Q.quantize(x, t, imat), repeat)
+            numba.set_num_threads(threads)
+            tn = _best(lambda t=t, imat=imat: Q.quantize(x, t, imat), repeat)
+            gp = None
+            if t in GGUF_PY_QUANTIZES and not with_im:
+                qt = gguf.GGMLQuantizationType[t]
+                gp = mb / _best(lambda qt=qt: gguf.quants.quantize(x, qt), 1)
+            c1 = exact = None
+            if lib is not None:
+                exact = bool(np.array_equal(ours, llamacpp.quantize(lib, t, x, imat)))
+                c1 = mb / _best(lambda t=t, imat=imat: llamacpp.quantize(lib, t, x, imat), repeat)
+            qt = gguf.GGMLQuantizationType[t]
+            melem = x.size / 1e6
+            dn = melem / _best(lambda t=t, ours=ours: Q.dequantize(ours, t, x.shape), repeat)
+            try:
+                dg = melem / _best(lambda qt=qt, ours=ours: gguf.quants.dequantize(ours, qt), 1)
+            except NotImplementedError:
+                dg = None
+            result.results.append(QuantBenchRow(t, with_im, mb / t1, mb / tn, gp, c1, exact, dn, dg))
+    yield Progress("bench quant", len(types), len(types), "done")
+    return result
