@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import QByteArray, QSettings
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -46,22 +47,6 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"Kvant {__version__}")
         self.resize(1100, 680)
 
-        self.nav = QListWidget()
-        self.nav.setFixedWidth(170)
-        self.pages = QStackedWidget()
-        self.library_page = LibraryPage()
-        self.library_page.model_selected.connect(self._show_model)
-        self._add_page("Library", self.library_page)
-        self._add_extra_pages()
-        self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
-        self.nav.setCurrentRow(0)
-
-        central = QWidget()
-        layout = QHBoxLayout(central)
-        layout.addWidget(self.nav)
-        layout.addWidget(self.pages, 1)
-        self.setCentralWidget(central)
-
         self.status_label = QLabel("")
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(260)
@@ -73,15 +58,69 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.progress)
         bar.addPermanentWidget(self.cancel_button)
 
+        self.nav = QListWidget()
+        self.nav.setFixedWidth(170)
+        self.pages = QStackedWidget()
+        self.library_page = LibraryPage()
+        self.library_page.model_selected.connect(self._show_model)
+        self.library_page.chat_requested.connect(self.open_chat)
+        self._add_page("Library", self.library_page)
+        self._add_extra_pages()
+        self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.nav.setCurrentRow(0)
+        self.settings = QSettings(str(paths.home / "window.ini"), QSettings.Format.IniFormat)
+
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.addWidget(self.nav)
+        layout.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+        self._restore_settings()
+
     def _add_page(self, title: str, widget: QWidget) -> None:
         self.nav.addItem(title)
         self.pages.addWidget(widget)
 
     def _add_extra_pages(self) -> None:
+        from gui.pages.chat import ChatPage
         from gui.pages.hardware import HardwarePage
 
+        self.chat_page = ChatPage(self.paths, self.workers)
+        self.chat_page.status.connect(self.status_label.setText)
+        self._add_page("Chat", self.chat_page)
         self.hardware_page = HardwarePage(self.paths, self.workers)
         self._add_page("Hardware", self.hardware_page)
+
+    def page_index(self, title: str) -> int:
+        for row in range(self.nav.count()):
+            if self.nav.item(row).text() == title:
+                return row
+        raise KeyError(title)
+
+    def show_page(self, title: str) -> None:
+        self.nav.setCurrentRow(self.page_index(title))
+
+    def open_chat(self, entry: LibraryEntry) -> None:
+        """The library's Chat action: the chat page, with this model loaded."""
+        self.show_page("Chat")
+        self.chat_page.open_entry(entry)
+
+    # --- window state -------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        geometry = self.settings.value("geometry")
+        if isinstance(geometry, QByteArray | bytes) and geometry:
+            self.restoreGeometry(geometry)
+        try:
+            page = int(self.settings.value("page", 0))
+        except (TypeError, ValueError):
+            page = 0
+        if 0 <= page < self.nav.count():
+            self.nav.setCurrentRow(page)
+
+    def save_settings(self) -> None:
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("page", self.nav.currentRow())
+        self.settings.sync()
 
     # --- start-up ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +176,7 @@ class MainWindow(QMainWindow):
             self._report(err, "The library could not be read")
             entries = []
         self.library_page.set_entries(entries, select_id=select or (DEFAULT_MODEL_ID if entries else None))
+        self.chat_page.set_entries(entries)
 
     def _show_model(self, entry: LibraryEntry) -> None:
         worker = GeneratorWorker(_single(lambda: read_model_info(entry.path)))
@@ -151,6 +191,8 @@ class MainWindow(QMainWindow):
         QMessageBox.warning(self, title, str(err), QMessageBox.StandardButton.Ok)
 
     def closeEvent(self, event) -> None:
+        self.save_settings()
         self.workers.cancel_all()
         self.workers.wait(5000)
+        self.chat_page.shutdown()
         super().closeEvent(event)

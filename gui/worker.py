@@ -7,6 +7,8 @@ the UI connects to ``progress``, ``result``, ``error``, ``cancelled`` and ``fini
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any
@@ -68,11 +70,72 @@ class GeneratorWorker(QRunnable):
             sig.finished.emit()
 
 
+def callback_generator(
+    call: Callable[[Callable[[Any], None]], Any], token: CancelToken, poll: float = 0.05
+) -> Generator[Any, None, Any]:
+    """Turn a blocking call that reports through a callback into a generator of its events.
+
+    ``call(report)`` runs on a helper thread; every ``report(event)`` is yielded here, in order,
+    and the call's return value is returned (its exception raised). A cancel stops waiting at
+    once; a result that still arrives afterwards is closed if it has ``close()``.
+    """
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    abandoned = threading.Event()
+    lock = threading.Lock()
+
+    def target() -> None:
+        try:
+            value = call(lambda event: events.put(("event", event)))
+        except BaseException as err:  # handed to the generator, raised there
+            events.put(("error", err))
+            return
+        with lock:
+            if not abandoned.is_set():
+                events.put(("result", value))
+                return
+        _close(value)
+
+    thread = threading.Thread(target=target, name="kvant-callback", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = events.get(timeout=poll)
+            except queue.Empty:
+                token.raise_if_cancelled()
+                continue
+            if kind == "event":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return value
+    finally:
+        with lock:  # a result not handed out (cancelled, closed early) is closed, never leaked
+            abandoned.set()
+            leftovers = []
+            while not events.empty():
+                leftovers.append(events.get_nowait())
+        for kind, value in leftovers:
+            if kind == "result":
+                _close(value)
+
+
+def _close(value: Any) -> None:
+    close = getattr(value, "close", None)
+    if callable(close):
+        close()
+
+
 class WorkerPool:
     """Starts workers and keeps them alive until they finish."""
 
+    MIN_THREADS = 8  # downloads and a chat run for minutes; quick jobs must not queue behind them
+
     def __init__(self, pool: QThreadPool | None = None) -> None:
         self.pool = pool or QThreadPool.globalInstance()
+        if self.pool.maxThreadCount() < self.MIN_THREADS:
+            self.pool.setMaxThreadCount(self.MIN_THREADS)
         self._running: set[GeneratorWorker] = set()
 
     def start(self, worker: GeneratorWorker) -> GeneratorWorker:

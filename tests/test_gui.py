@@ -95,7 +95,7 @@ def test_start_prepares_default_model_and_shows_it(qtbot, window):
 
 
 def test_hardware_page_fills_in(qtbot, window):
-    window.nav.setCurrentRow(1)
+    window.show_page("Hardware")
     page = window.hardware_page
     qtbot.waitUntil(lambda: page.info is not None, timeout=60000)
     assert page.info.cpu.logical_cores >= 1

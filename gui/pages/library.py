@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QPushButton,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -29,6 +30,7 @@ def _mib(n: int) -> str:
 
 class LibraryPage(QWidget):
     model_selected = Signal(object)  # LibraryEntry
+    chat_requested = Signal(object)  # LibraryEntry: open it on the chat page
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -43,6 +45,11 @@ class LibraryPage(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self._on_selection)
+        self.table.doubleClicked.connect(lambda _index: self.request_chat())
+        self.chat_button = QPushButton("Chat")
+        self.chat_button.setToolTip("Chat with the selected model (or double-click it)")
+        self.chat_button.setEnabled(False)
+        self.chat_button.clicked.connect(self.request_chat)
 
         self.details = QGroupBox("Model")
         self.form = QFormLayout(self.details)
@@ -59,6 +66,7 @@ class LibraryPage(QWidget):
         head = QHBoxLayout()
         head.addWidget(title)
         head.addStretch(1)
+        head.addWidget(self.chat_button)
         layout.addLayout(head)
         layout.addWidget(split, 1)
 
@@ -82,8 +90,14 @@ class LibraryPage(QWidget):
 
     def _on_selection(self) -> None:
         entry = self.selected()
+        self.chat_button.setEnabled(entry is not None)
         if entry is not None:
             self.model_selected.emit(entry)
+
+    def request_chat(self) -> None:
+        entry = self.selected()
+        if entry is not None:
+            self.chat_requested.emit(entry)
 
     def show_info(self, info: ModelInfo) -> None:
         while self.form.rowCount():
