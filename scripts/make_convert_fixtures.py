@@ -9,6 +9,10 @@ recorded with ``"error"``.
 
 Run:  python scripts/make_convert_fixtures.py   (needs llama-cpp-python 0.3.36, the oracle; a dev
 dependency of this script only)
+
+      python scripts/make_convert_fixtures.py --hf-check   converts the tiny Hugging Face folders of
+      tests/test_convert_hf.py (llama BF16 shards -> F16 and Q8_0, gemma3 -> F32) with Kvant and
+      checks that llama.cpp loads each result and evaluates a few tokens to finite logits.
 """
 
 from __future__ import annotations
@@ -98,7 +102,34 @@ def describe(path: Path) -> dict:
     }
 
 
+def hf_check() -> None:
+    import llama_cpp
+
+    sys.path.insert(0, str(ROOT))
+    from engine.convert import convert_sync
+    from tests.test_convert_hf import llama_folder, test_gemma3_import
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, _ = llama_folder.__wrapped__(Path(tmp))
+        for preset in ("F16", "Q8_0"):
+            out = convert_sync(folder, Path(tmp) / f"llama-{preset}.gguf", preset).path
+            llm = llama_cpp.Llama(str(out), n_ctx=32, verbose=False)
+            llm.eval([6, 0, 1, 2])
+            assert np.isfinite(llm.scores[3]).all()
+            print("llama", preset, "loads and runs in llama.cpp")
+        gdir = Path(tmp) / "g"
+        gdir.mkdir()
+        test_gemma3_import(gdir)
+        llm = llama_cpp.Llama(str(gdir / "g.gguf"), n_ctx=32, verbose=False)
+        llm.eval([2, 4, 4])
+        assert np.isfinite(llm.scores[2]).all()
+        print("gemma3 F32 loads and runs in llama.cpp")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--hf-check"]:
+        hf_check()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     only = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
