@@ -83,11 +83,16 @@ class MainWindow(QMainWindow):
 
     def _add_extra_pages(self) -> None:
         from gui.pages.chat import ChatPage
+        from gui.pages.discover import DiscoverPage
         from gui.pages.hardware import HardwarePage
 
         self.chat_page = ChatPage(self.paths, self.workers)
         self.chat_page.status.connect(self.status_label.setText)
         self._add_page("Chat", self.chat_page)
+        self.discover_page = DiscoverPage(self.paths, self.workers)
+        self.discover_page.status.connect(self.status_label.setText)
+        self.discover_page.downloaded.connect(lambda entry: self._refresh_library(select=entry.id))
+        self._add_page("Discover", self.discover_page)
         self.hardware_page = HardwarePage(self.paths, self.workers)
         self._add_page("Hardware", self.hardware_page)
 
@@ -192,6 +197,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self.save_settings()
+        self.discover_page.shutdown()
         self.workers.cancel_all()
         self.workers.wait(5000)
         self.chat_page.shutdown()

@@ -7,6 +7,7 @@ the UI connects to ``progress``, ``result``, ``error``, ``cancelled`` and ``fini
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -52,22 +53,28 @@ class GeneratorWorker(QRunnable):
                 try:
                     event = next(gen)
                 except StopIteration as stop:
-                    sig.result.emit(stop.value)
+                    _emit(sig.result, stop.value)
                     break
                 now = time.monotonic()
                 if now - last >= self.min_interval:
                     last = now
-                    sig.progress.emit(event)
+                    _emit(sig.progress, event)
                 if self.token.cancelled:
                     raise Cancelled("the operation was cancelled")
         except Cancelled:
-            sig.cancelled.emit()
+            _emit(sig.cancelled)
         except Exception as err:  # every failure reaches the UI as a signal, never a crash
-            sig.error.emit(err)
+            _emit(sig.error, err)
         finally:
             if gen is not None:
                 gen.close()
-            sig.finished.emit()
+            _emit(sig.finished)
+
+
+def _emit(signal: Any, *args: Any) -> None:
+    """Emit, unless Qt already deleted the receiver's side (the app is shutting down)."""
+    with contextlib.suppress(RuntimeError):
+        signal.emit(*args)
 
 
 def callback_generator(
