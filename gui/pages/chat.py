@@ -93,7 +93,14 @@ def _chat_job(model: Any, messages: list[dict[str, str]], sampling: dict[str, An
 def _load_job(path: str, n_ctx: int):
     def factory(token: CancelToken) -> Generator[Progress, None, Any]:
         def call(report):
-            return engine.open_model(path, n_ctx=n_ctx, progress=report, cancel=token)
+            model = engine.open_model(path, n_ctx=n_ctx, progress=report, cancel=token)
+            try:  # one tiny forward pass: the first answer then pays no lazy imports or dispatch
+                model.logits(model.tokenize("Hello"))
+                model.reset()
+            except Exception:
+                model.close()
+                raise
+            return model
 
         return (yield from callback_generator(call, token))
 
