@@ -4,6 +4,17 @@ made by scripts/make_logit_fixtures.py with llama-cpp-python; llama.cpp is not n
 Bars (the issue's): same top-1 token as llama.cpp on >= 98% of positions, mean KL(p_llama || p_ours)
 <= 0.005 over the top-64 tokens plus a remainder bucket, greedy 64-token continuations identical
 for >= 9 of 10 prompts.
+
+These bars sit below llama.cpp's own noise floor: the fixture also holds llama.cpp run again with
+``n_batch=1`` (its decode kernels instead of its batched prefill kernels; same model, same
+settings), and that run scores top-1 94.75%, mean KL 0.0113 and 5/10 identical continuations against
+the batched reference, with the same growth of KL with position as ours.  Every op of our graph
+reproduces llama.cpp's op from llama.cpp's own inputs to float rounding (scripts/debug_llama_ops.py);
+the residual gap is rounding differences (f32 summation order) that the Q8 activation quantization
+and the f16 roundings (KV cache, attention probabilities, GELU table) amplify into whole-quantum
+flips, layer after layer.  Only a bit-exact replica of llama.cpp's batched CPU kernels (repacked
+Q4_K/Q8_0 GEMMs, llamafile tinyBLAS for Q5_0 and F16, its SIMD expf) would meet them; the bars stay
+xfail, and the ``*_like_llama_cpp_itself`` tests hold us to llama.cpp's self-agreement instead.
 """
 
 from __future__ import annotations
@@ -94,9 +105,9 @@ def test_first_position_matches_llama_cpp_exactly(agreement, fx):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured: top-1 94.5% and mean KL 0.0117 (bars 98% / 0.005); position 0 matches llama.cpp to "
-    "1e-5 and the first 1024 positions reach KL ~0.005, but later positions drift (our distributions are "
-    "sharper than llama.cpp's there); not yet explained",
+    reason="measured: top-1 94.2% and mean KL 0.0114 (bars 98% / 0.005); llama.cpp itself with n_batch=1 "
+    "scores 94.75% / 0.0113 against its batched run (same profile: KL ~0.005 below position 1024, ~0.055 "
+    "past 1280): rounding-level differences amplified by Q8/f16 quantization; see the module docstring",
 )
 def test_top1_and_kl_against_llama_cpp(agreement, fx):
     top1, kls, _ = agreement
@@ -105,6 +116,21 @@ def test_top1_and_kl_against_llama_cpp(agreement, fx):
     assert len(kls) >= 1000
     assert top1 >= TOP1_BAR, msg
     assert kls.mean() <= KL_BAR, msg
+
+
+def test_agreement_like_llama_cpp_itself(agreement, fx):
+    """As close to llama.cpp's batched logits as llama.cpp's own decode path (n_batch=1) is."""
+    top1, kls, _ = agreement
+    ref_top1 = float(fx["decode_top1"].mean())
+    ref_kl = fx["decode_kl"].astype(np.float64)
+    msg = (
+        f"top-1 {top1:.4f}, mean KL {kls.mean():.5f} (first 1024: {kls[:1024].mean():.5f}); llama.cpp "
+        f"n_batch=1: {ref_top1:.4f}, {ref_kl.mean():.5f} ({ref_kl[:1024].mean():.5f})"
+    )
+    print(msg)
+    assert top1 >= ref_top1 - 0.01, msg
+    assert kls.mean() <= 1.25 * ref_kl.mean(), msg
+    assert kls[:1024].mean() <= 1.25 * ref_kl[:1024].mean(), msg
 
 
 def test_prefill_equals_decode(model, fx):
@@ -145,22 +171,41 @@ def test_last_only_and_errors(model, fx):
         model.forward(np.zeros(2, np.int32), model.n_past + 1)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="depends on the logit agreement above")
-def test_greedy_continuations(model, fx):
+@pytest.fixture(scope="module")
+def continuations(model, fx):
+    """Our greedy 64-token continuations of the fixture's 10 prompts (prompt prefilled as a batch)."""
     starts = np.concatenate([[0], np.cumsum(fx["prompt_len"])])
-    same = 0
+    out = []
     for j in range(len(fx["prompt_len"])):
         prompt = fx["prompt_flat"][starts[j] : starts[j + 1]]
-        want = fx["cont_ids"][j]
         model.reset()
         logits = model.forward(prompt, 0, last_only=True)
         got = []
         pos = len(prompt)
-        for _ in range(len(want)):
+        for _ in range(fx["cont_ids"].shape[1]):
             nxt = int(np.argmax(logits[-1]))
             got.append(nxt)
             logits = model.forward(np.array([nxt]), pos)
             pos += 1
-        same += int(got == want.tolist())
+        out.append(np.array(got))
+    return out
+
+
+def _n_same(a, b) -> int:
+    return sum(int(np.array_equal(x, y)) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured: 5/10 (bar 9); llama.cpp itself with n_batch=1 also gets 5/10 (one parts at the "
+    "first token): the same rounding-level noise floor as the logit bars",
+)
+def test_greedy_continuations(continuations, fx):
+    same = _n_same(continuations, fx["cont_ids"])
     assert same >= CONT_BAR, f"{same}/10 greedy continuations identical to llama.cpp's"
+
+
+def test_greedy_continuations_like_llama_cpp_itself(continuations, fx):
+    same = _n_same(continuations, fx["cont_ids"])
+    ref = _n_same(fx["decode_cont_ids"], fx["cont_ids"])
+    assert same >= ref - 1, f"{same}/10 identical continuations; llama.cpp with n_batch=1: {ref}/10"
