@@ -74,15 +74,17 @@ def test_search_quants_and_verdicts(qtbot, page, hub):
     assert repos[0] == REPO and f"{GATED} (gated)" in repos  # most downloaded first
     assert _cells(page.results_table, 3)[0] == "1.2k"
     t = page.quant_table
-    assert sorted(_cells(t, 0)) == ["Q4_K_M", "Q8_0", "UD-IQ1_S"]
-    verdicts = _cells(t, 4)
+    names = _cells(t, 0)
+    assert sorted(n.removeprefix("★ ") for n in names) == ["Q4_K_M", "Q8_0", "UD-IQ1_S (3 files)"]
+    verdicts = _cells(t, 3)
     assert all("fits in RAM" in v for v in verdicts), verdicts
-    recommended = [r for r, v in enumerate(verdicts) if "recommended" in v]
+    recommended = [r for r, n in enumerate(names) if n.startswith("★ ")]
     assert len(recommended) == 1
     row = recommended[0]
     assert t.item(row, 0).font().bold() and t.item(row, 0).background().color().name() == "#dff3e4"
     assert page.selected_quant().key == page.fit.best  # the recommended quant is pre-selected
-    assert "tok/s" in _cells(t, 5)[row] and page.fit_label.text()
+    assert "tok/s" in _cells(t, 4)[row] and page.fit_label.text()
+    assert "comfortable" in t.item(row, 3).toolTip()
     assert page.download_button.isEnabled()
 
 
@@ -100,7 +102,7 @@ def test_download_appears_in_the_library(qtbot, tmp_path, hub, monkeypatch):
     w.show_page("Discover")
     page = w.discover_page
     _open_tiny(qtbot, page)
-    q4 = next(r for r, name in enumerate(_cells(page.quant_table, 0)) if name == "Q4_K_M")
+    q4 = next(r for r, q in enumerate(page.quants) if q.name == "Q4_K_M")
     page.quant_table.selectRow(q4)
     with qtbot.waitSignal(page.downloaded, timeout=30_000) as blocker:
         page.download_button.click()

@@ -43,8 +43,8 @@ from engine.hub import (
 from engine.paths import KvantPaths
 from gui.worker import GeneratorWorker, WorkerPool
 
-RESULT_COLUMNS = ("Repository", "Parameters", "Architecture", "Downloads", "Likes", "Updated")
-QUANT_COLUMNS = ("Quant", "Size", "Bits/weight", "Files", "Verdict here", "Speed here")
+RESULT_COLUMNS = ("Repository", "Params", "Arch", "Downloads", "Likes")
+QUANT_COLUMNS = ("Quant", "Size", "Bits/weight", "Verdict here", "Speed here")
 DOWNLOAD_COLUMNS = ("Model", "Progress", "Speed", "Time left", "Status", "")
 RECOMMENDED_BG = QColor("#dff3e4")
 VERDICT_COLOURS = {"comfortable": "#1e7b34", "tight": "#9a6700", "disk": "#b35900", "does not run": "#b00020"}
@@ -126,7 +126,11 @@ def fit_quants(repo: str, quants: list[Quant], hw: HardwareProfile) -> FitReport
             w = replace(w, name=q.key)
         by_name[q.key] = q
         pairs.append((w, None))
-    rec = recommend(shape, pairs, hw)
+    return report_from(repo, recommend(shape, pairs, hw))
+
+
+def report_from(repo: str, rec: Any) -> FitReport:
+    """A :class:`FitReport` from the planner's ``Recommendation`` (options named by quant key)."""
     fits = {
         o.quant: QuantFit(
             o.plan.verdict.label, o.tier.value, o.plan.tok_s, o.bits_per_weight, o.plan.sentence
@@ -193,11 +197,12 @@ class DiscoverPage(QWidget):
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         self.results_table = self._table(RESULT_COLUMNS, stretch=0)
+        self.results_table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.results_table.itemSelectionChanged.connect(self._on_repo_selected)
 
         self.repo_label = QLabel("Select a repository to see its quants.")
         self.repo_label.setWordWrap(True)
-        self.quant_table = self._table(QUANT_COLUMNS, stretch=4)
+        self.quant_table = self._table(QUANT_COLUMNS, stretch=3)
         self.quant_table.itemSelectionChanged.connect(self._update_buttons)
         self.quant_table.doubleClicked.connect(lambda _i: self.download_selected())
         self.fit_label = QLabel("")
@@ -231,11 +236,13 @@ class DiscoverPage(QWidget):
         top.addWidget(quants)
         top.setStretchFactor(0, 1)
         top.setStretchFactor(1, 1)
+        top.setSizes([480, 600])
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
         split.addWidget(downloads)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 1)
+        split.setSizes([480, 170])
         layout = QVBoxLayout(self)
         layout.addLayout(head)
         layout.addWidget(self.message)
@@ -250,6 +257,8 @@ class DiscoverPage(QWidget):
         t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         t.verticalHeader().setVisible(False)
+        t.setWordWrap(False)
+        t.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         t.horizontalHeader().setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
         return t
@@ -288,14 +297,15 @@ class DiscoverPage(QWidget):
                 m.architecture or "–",
                 _count(m.downloads),
                 _count(m.likes),
-                (m.last_modified or "")[:10],
             )
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if col in (1, 3, 4):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                if col == 0 and m.gated:
-                    item.setToolTip("Gated: accept the licence on huggingface.co and set HF_TOKEN")
+                if col == 0:
+                    updated = f"updated {m.last_modified[:10]}" if m.last_modified else ""
+                    gated = "gated: accept the licence on huggingface.co and set HF_TOKEN" if m.gated else ""
+                    item.setToolTip("\n".join(x for x in (m.id, updated, gated) if x))
                 t.setItem(row, col, item)
         self._say(f"{len(results)} repositories with GGUF files." if results else "Nothing found.")
 
@@ -366,23 +376,29 @@ class DiscoverPage(QWidget):
         for row, q in enumerate(self.quants):
             f = fits.get(q.key)
             bpw = f.bits_per_weight if f else q.bits_per_weight()
-            files = str(len(q.files)) + ("" if q.complete else f" of {q.shard_count} (incomplete)")
+            files = (
+                "" if not q.is_split
+                else f" ({len(q.files)} files)" if q.complete
+                else f" ({len(q.files)} of {q.shard_count} files: incomplete)"
+            )  # fmt: skip
             if f is None:
                 verdict = "…" if self.fit is None and q.complete else "–"
                 speed = ""
             else:
-                verdict = f"{f.verdict} ({f.tier})" + ("  ★ recommended" if q.key == best else "")
+                verdict = f.verdict
                 speed = f"~{f.tok_s:,.1f} tok/s" if f.tok_s > 0 else "–"
-            cells = (q.name, _size(q.size), f"{bpw:.2f}" if bpw else "–", files, verdict, speed)
+            name = ("★ " if q.key == best else "") + q.name + files
+            cells = (name, _size(q.size), f"{bpw:.2f}" if bpw else "–", verdict, speed)
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                if col in (1, 2, 5):
+                if col in (1, 2, 4):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if f is not None:
-                    item.setToolTip(f.sentence)
-                    if col == 4:
+                    item.setToolTip(f"{f.sentence} ({f.tier})")
+                    if col == 3:
                         item.setForeground(QBrush(QColor(VERDICT_COLOURS.get(f.tier, "#333333"))))
                 if q.key == best:
+                    item.setToolTip(f"Recommended for this machine. {item.toolTip()}")
                     item.setBackground(QBrush(RECOMMENDED_BG))
                     font = QFont(item.font())
                     font.setBold(True)
