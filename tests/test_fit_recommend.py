@@ -62,3 +62,17 @@ def test_nothing_runs(catalog):
     rec = _rec(catalog, "unsloth/DeepSeek-R1-GGUF", hw)
     assert rec.best is None and rec.up is None and "No quant" in rec.reason
     assert all(o.tier is Tier.NO for o in rec.options)
+
+
+def test_quality_saturates_at_8_bit(catalog):
+    """F16 fits but crawls from RAM while Q8_0 fits on the GPU: Q8_0, not F16 (KLD ~0.001 apart)."""
+    hw = HardwareProfile.custom(ram_gb=32, vram_gb=[12], gpu_names=["RTX 4070"], cpu_bandwidth_gbs=60)
+    rec = _rec(catalog, "llama-3.1-8b", hw, n_ctx=4096)
+    by = {o.quant: o for o in rec.options}
+    assert by["F16"].tier is Tier.COMFORTABLE and by["Q8_0"].tier is Tier.COMFORTABLE
+    assert by["Q8_0"].plan.tok_s > 1.2 * by["F16"].plan.tok_s
+    assert rec.best.quant == "Q8_0" and "as good as F16" in rec.reason
+    assert rec.up is not None and rec.up.bits_per_weight > rec.best.bits_per_weight  # F16 still offered
+    # below 8 bits nothing changes: a 6 GB machine still takes the best quant that fits
+    small = _rec(catalog, "llama-3.1-8b", HardwareProfile.custom(ram_gb=6, cpu_bandwidth_gbs=30), n_ctx=4096)
+    assert small.best.bits_per_weight < 7.9 and "highest-quality" in small.reason
