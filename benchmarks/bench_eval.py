@@ -75,6 +75,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    from engine.errors import KvantError
     from engine.eval import DEFAULT_TEXT, evaluate
     from engine.gguf import read_model_info
 
@@ -93,9 +94,13 @@ def main(argv: list[str]) -> int:
         rows = []
         base_info = read_model_info(args.base)
         for q in quants:
-            res = drain(
-                evaluate(args.base, q, text, args.ctx, None, cache, n_chunks=args.chunks), f"eval {q.name}"
-            )
+            try:
+                gen = evaluate(args.base, q, text, args.ctx, None, cache, n_chunks=args.chunks)
+                res = drain(gen, f"eval {q.name}")
+            except KvantError as err:  # e.g. a tensor type the CPU engine has no kernel for yet
+                skipped.append(f"{q.name} ({err})")
+                print(f"{q.name}: skipped: {err}", file=sys.stderr, flush=True)
+                continue
             info = read_model_info(q)
             rows.append((q, info, res))
             print(
