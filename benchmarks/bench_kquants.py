@@ -41,20 +41,6 @@ print(time.perf_counter() - t0)
 """
 
 
-def _ggml():
-    import ctypes
-
-    import llama_cpp
-
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).resolve().parent / "lib" / "libggml-base.so"))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_void_p,
-    ]  # fmt: skip
-    return lib
-
-
 def _ggml_quantize(lib, tid: int, x: np.ndarray, out: np.ndarray, imatrix, threads: int) -> None:
     im = None if imatrix is None else imatrix.ctypes.data
     rows, n = x.shape
@@ -121,7 +107,9 @@ def main() -> int:
     x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
     imatrix = (rng.gamma(1.5, 1.0, args.cols) + 1e-3).astype(np.float32)
     mb = x.nbytes / 1e6
-    lib = _ggml()
+    from engine.bench.llamacpp import load_ggml
+
+    lib = load_ggml()
     max_threads = numba.get_num_threads()
     print(f"input {args.rows}x{args.cols} f32 ({mb:.1f} MB), numba threads available: {max_threads}")
     print()

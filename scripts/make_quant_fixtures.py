@@ -15,7 +15,6 @@ This module must import without llama-cpp-python (the tests import the generator
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import multiprocessing as mp
@@ -24,6 +23,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.bench.llamacpp import load_ggml
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "quant"
 FIXTURE_FORMAT = 1
@@ -156,31 +158,6 @@ def load_fixture(qtype: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------- llama.cpp side
-
-
-def _lib_dir() -> Path:
-    import llama_cpp
-
-    return Path(llama_cpp.__file__).resolve().parent / "lib"
-
-
-def load_ggml():
-    """ctypes handle on llama.cpp's libggml-base with the quantization entry points typed."""
-    lib = ctypes.CDLL(str(_lib_dir() / "libggml-base.so"))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_void_p,
-    ]  # fmt: skip
-    lib.ggml_row_size.restype = ctypes.c_size_t
-    lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
-    lib.ggml_quantize_init.restype = None
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
-    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
-    lib.ggml_version.restype = ctypes.c_char_p
-    lib.ggml_commit.restype = ctypes.c_char_p
-    return lib
 
 
 def llama_version() -> dict[str, str]:

@@ -20,6 +20,7 @@ def available() -> str | None:
 
 
 def load_ggml() -> ctypes.CDLL:
+    """ctypes handle on llama.cpp's libggml-base with the quantization entry points typed."""
     import llama_cpp
 
     lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
@@ -37,7 +38,12 @@ def load_ggml() -> ctypes.CDLL:
     ]  # fmt: skip
     lib.ggml_row_size.restype = ctypes.c_size_t
     lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.ggml_quantize_init.restype = None
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    lib.ggml_version.restype = ctypes.c_char_p
+    lib.ggml_commit.restype = ctypes.c_char_p
     return lib
 
 

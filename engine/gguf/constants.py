@@ -18,6 +18,8 @@ KEY_ARCHITECTURE = "general.architecture"
 KEY_SPLIT_NO = "split.no"
 KEY_SPLIT_COUNT = "split.count"
 KEY_SPLIT_TENSORS = "split.tensors.count"
+# llama.cpp names shards NAME-00001-of-00003.gguf (gguf-split)
+SPLIT_NAME_PATTERN = r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$"
 
 # struct format and size of each scalar value type
 SCALAR_FORMATS: dict[GGUFValueType, str] = {

@@ -11,7 +11,7 @@ import numpy as np
 from engine.errors import GGUFError
 from engine.gguf.constants import KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS
 from engine.gguf.reader import GGUFFile, MetadataValue, TensorInfo
-from engine.gguf.writer import _SPLIT_NAME, split_path
+from engine.gguf.writer import SPLIT_NAME, split_path
 
 
 class GGUFModel:
@@ -87,7 +87,7 @@ class GGUFModel:
 def open_gguf(path: str | Path) -> GGUFModel:
     """Open a GGUF model. A shard of a split model (``*-0000K-of-0000N.gguf``) opens all N."""
     path = Path(path)
-    match = _SPLIT_NAME.match(path.name)
+    match = SPLIT_NAME.match(path.name)
     first = GGUFFile(path if match is None else split_path_first(path, match))
     try:
         count = int(first.get(KEY_SPLIT_COUNT, 0) or 0)
@@ -116,7 +116,7 @@ def split_path_first(path: Path, match: Any) -> Path:
 def _open_shards(first: GGUFFile, count: int) -> GGUFModel:
     shards = [first]
     try:
-        prefix_path = first.path.with_name(_SPLIT_NAME.match(first.path.name)["prefix"] + ".gguf")
+        prefix_path = first.path.with_name(SPLIT_NAME.match(first.path.name)["prefix"] + ".gguf")
         for i in range(1, count):
             p = split_path(prefix_path, i, count)
             if not p.exists():

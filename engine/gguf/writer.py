@@ -33,6 +33,7 @@ from engine.gguf.constants import (
     MAX_NAME_BYTES,
     NUMPY_DTYPES,
     SCALAR_FORMATS,
+    SPLIT_NAME_PATTERN,
     align_up,
     block_geometry,
     type_name,
@@ -182,7 +183,7 @@ def encode_header(
 
 # --- splitting --------------------------------------------------------------------------------
 
-_SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+SPLIT_NAME = re.compile(SPLIT_NAME_PATTERN)
 
 
 def split_path(path: Path, index: int, count: int) -> Path:

@@ -10,7 +10,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+from engine.gguf import SPLIT_NAME_PATTERN
+
+# Hub file names vary in case; local shards are opened by their exact llama.cpp names.
+SPLIT_NAME = re.compile(SPLIT_NAME_PATTERN, re.IGNORECASE)
 
 _QUANT_TOKEN = r"(?:[0-9]|K|NL|XXS|XS|S|M|L|XL|XXL|R4)"
 QUANT_NAME = re.compile(
