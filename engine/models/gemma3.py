@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,6 +182,9 @@ class Gemma3:
             dtype=kv_type,
         )
         self.fp16_gelu = True
+        # Called as observer(weight_name, x) with the activations ``x`` (n_tokens, n_in) f32 that
+        # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
+        self.observer: Callable[[str, np.ndarray], None] | None = None
         self._lock = threading.Lock()  # serializes Numba parallel launches from several threads
 
     @classmethod
@@ -273,6 +277,10 @@ class Gemma3:
 
     # ------------------------------------------------------------------ the graph
 
+    def _see(self, name: str, x: np.ndarray) -> None:
+        if self.observer is not None:
+            self.observer(name, x)
+
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         x = np.empty((tokens.size, self.params.n_embd), np.float32)
         for i, t in enumerate(tokens):
@@ -287,6 +295,9 @@ class Gemma3:
         x = self.embed(tokens)
         for il, L in enumerate(self.layers):
             h = rmsnorm(x, L.attn_norm, eps)
+            if self.observer is not None:
+                for t in ("attn_q", "attn_k", "attn_v"):
+                    self._see(f"blk.{il}.{t}.weight", h)
             q = _mm(L.wq, h).reshape(n, p.n_head, p.head_dim)
             k = _mm(L.wk, h).reshape(n, p.n_head_kv, p.head_dim)
             v = _mm(L.wv, h).reshape(n, p.n_head_kv, p.head_dim)
@@ -302,12 +313,18 @@ class Gemma3:
             kc, vc, sp = self.cache.view(il, pos0 + n)
             attn = attention if n <= NUMBA_ATTN_MAX_TOKENS else attention_ref
             a = attn(q, kc, vc, sp, positions, p.window(il), self.cache.round_f16)
-            a = _mm(L.wo, a.reshape(n, p.n_head * p.head_dim))
+            a = a.reshape(n, p.n_head * p.head_dim)
+            self._see(f"blk.{il}.attn_output.weight", a)
+            a = _mm(L.wo, a)
             if last_only and il == p.n_layer - 1:
                 a, x = a[-1:], x[-1:]
             x = x + rmsnorm(a, L.post_attn_norm, eps)
             h = rmsnorm(x, L.ffn_norm, eps)
+            if self.observer is not None:
+                self._see(f"blk.{il}.ffn_gate.weight", h)
+                self._see(f"blk.{il}.ffn_up.weight", h)
             f = geglu(_mm(L.w_gate, h), _mm(L.w_up, h), self.fp16_gelu)
+            self._see(f"blk.{il}.ffn_down.weight", f)
             f = _mm(L.w_down, f)
             x = x + rmsnorm(f, L.post_ffw_norm, eps)
         self.cache.n_past = pos0 + n
@@ -316,6 +333,7 @@ class Gemma3:
         if last_only:
             x = x[-1:]
         x = rmsnorm(x, self.output_norm, eps)
+        self._see("token_embd.weight", x)  # tied output
         logits = _mm(self.tok_embd, x, DECODE_MAX_TOKENS)
         if p.final_softcap > 0:
             c = np.float32(p.final_softcap)
