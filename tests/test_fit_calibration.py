@@ -77,3 +77,25 @@ def test_damaged_file_and_bad_records(store):
     assert not list(store.path.parent.glob("*.partial"))
     with pytest.raises(KvantError):
         store.record(Measurement("box", "m", "q", 1, 10.0, measured_tok_s=0.0))
+
+
+def test_record_run_of_a_real_file_feeds_the_correction(store, default_model):
+    """A real load of the default model: the record carries the planner's prediction for the file."""
+    from engine.fit import describe_gguf, record_run
+    from engine.gguf import open_gguf
+
+    hw = HardwareProfile.custom(ram_gb=16, cpu_bandwidth_gbs=20, disk_gb=100)
+    with open_gguf(default_model) as m:
+        shape, weights = describe_gguf(m)
+    expected = plan(shape, weights, hw, n_ctx=1024, on_disk=True)
+    rec = record_run(default_model, n_ctx=1024, measured_tok_s=expected.tok_s / 2, measured_bytes=400 << 20,
+                     hardware=hw, store=store)  # fmt: skip
+    assert rec.model == shape.name and rec.quant == weights.name and rec.n_ctx == 1024
+    assert rec.predicted_tok_s == pytest.approx(expected.tok_s) and rec.at
+    assert rec.predicted_fixed_bytes and rec.predicted_bytes > rec.predicted_fixed_bytes
+    assert store.load() == [rec]
+    c = store.correction(hw.key, shape.name, weights.name)
+    assert c.scope == "machine+model+quant" and c.tok_s == pytest.approx(0.5)
+    # the next plan on that machine uses it
+    again = plan(shape, weights, hw, n_ctx=1024, on_disk=True, correction=c.tok_s)
+    assert again.tok_s == pytest.approx(expected.tok_s / 2)

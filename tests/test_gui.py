@@ -101,3 +101,23 @@ def test_hardware_page_fills_in(qtbot, window):
     assert page.info.cpu.logical_cores >= 1
     assert "cores" in page.cpu_label.text()
     assert page.ram_bar.segments() and "GiB" in page.ram_label.text()
+
+
+def test_hardware_page_shows_planner_calibration(qtbot, window):
+    from engine.fit import CalibrationStore, HardwareProfile, Measurement
+
+    page = window.hardware_page
+    window.show_page("Hardware")
+    qtbot.waitUntil(lambda: page.info is not None, timeout=60000)
+    assert "No runs measured yet" in page.calib_label.text()
+    key = HardwareProfile.from_hardware_info(page.info).key
+    store = CalibrationStore.default(page.paths)
+    store.record(Measurement(key, "Gemma 3 270m", "Q4_K_M", 4096, 80.0, measured_tok_s=40.0,
+                             predicted_bytes=500 << 20, predicted_fixed_bytes=300 << 20,
+                             measured_bytes=700 << 20))  # fmt: skip
+    store.record(Measurement("another machine", "x", "Q8_0", 4096, 10.0, measured_tok_s=100.0))
+    page.show_calibration(page.info)
+    text = page.calib_label.text()
+    assert "Speed estimates × 0.50" in text and "compute-buffer estimates × 2.00" in text
+    assert "from 1 run on this machine" in text and "40.0 tok/s measured vs 80.0 predicted" in text
+    assert "Gemma 3 270m Q4_K_M" in text and "700 MiB vs 500 MiB" in text

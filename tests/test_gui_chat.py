@@ -302,3 +302,23 @@ def test_main_window_chat_action_and_remembered_state(qtbot, tmp_path, default_m
     qtbot.addWidget(again)
     assert again.nav.currentRow() == again.page_index("Chat")
     assert (again.width(), again.height()) == size
+
+
+def test_answers_feed_the_planner_calibration(qtbot, page, paths, default_entry):
+    """A finished answer of >= CALIBRATE_MIN_TOKENS tokens is recorded next to the planner's prediction."""
+    from engine.fit import CalibrationStore
+    from gui.pages.chat import CALIBRATE_MIN_TOKENS
+
+    page.set_entries([default_entry])
+    page.model, page.model_entry = FakeModel(), default_entry
+    page._loaded_bytes = 300 << 20
+    store = CalibrationStore.default(paths)
+    short = SimpleNamespace(decode_tok_s=40.0, n_generated=CALIBRATE_MIN_TOKENS - 1)
+    page._calibrate(short)
+    page._calibrate(SimpleNamespace(decode_tok_s=None, n_generated=100))
+    with qtbot.waitSignal(page.calibrated, timeout=60_000) as got:
+        page._calibrate(SimpleNamespace(decode_tok_s=40.0, n_generated=CALIBRATE_MIN_TOKENS))
+    rec = got.args[0]
+    assert store.load() == [rec]  # only the long-enough answer counted
+    assert rec.measured_tok_s == 40.0 and rec.measured_bytes == 300 << 20 and rec.n_ctx == 2048
+    assert rec.predicted_tok_s > 0 and rec.quant and rec.model

@@ -7,6 +7,7 @@ from engine.fit.calibration import (
     Correction,
     Measurement,
     measurement_from_plan,
+    record_run,
 )
 from engine.fit.catalog import (
     CATALOG_PATH,
@@ -92,6 +93,7 @@ __all__ = [
     "parse_catalog",
     "plan",
     "recommend",
+    "record_run",
     "split_params",
     "swa_layers_for",
     "synthesize_weights",

@@ -95,6 +95,39 @@ def measurement_from_plan(
     )
 
 
+def record_run(
+    path: str | Path,
+    *,
+    n_ctx: int,
+    measured_tok_s: float | None,
+    measured_bytes: int | None = None,
+    hardware: Any = None,
+    store: CalibrationStore | None = None,
+    kv_type: str = "f16",
+) -> Measurement:
+    """Record what a real run of the local GGUF ``path`` measured next to what the planner predicts
+    for it on ``hardware`` (a :class:`engine.fit.HardwareProfile`; default: this machine, detected),
+    and return the record. ``measured_bytes``: the memory the loaded model took (process RSS after
+    load minus before). Reads only the file's header."""
+    from engine.fit.planner import plan
+    from engine.fit.profile import HardwareProfile
+    from engine.fit.shape import describe_gguf
+    from engine.gguf import open_gguf
+
+    if hardware is None:
+        from engine.hardware import detect
+
+        hardware = HardwareProfile.from_hardware_info(detect(bandwidth=True))
+    store = CalibrationStore.default() if store is None else store
+    with open_gguf(path) as model:
+        shape, weights = describe_gguf(model)
+    predicted = plan(shape, weights, hardware, n_ctx=n_ctx, kv_type=kv_type, on_disk=True)
+    m = measurement_from_plan(
+        predicted, hardware.key, measured_tok_s=measured_tok_s, measured_bytes=measured_bytes
+    )
+    return store.record(m)
+
+
 class CalibrationStore:
     """The calibration file. Reads are tolerant (a damaged file counts as empty)."""
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import psutil
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
@@ -47,12 +49,14 @@ from PySide6.QtWidgets import (
 )
 
 import engine
+from engine.fit import CalibrationStore, record_run
 from engine.library import LibraryEntry
 from engine.paths import KvantPaths
 from engine.progress import CancelToken, Progress
 from gui.chat_store import ChatStore, Conversation, chats_dir
 from gui.worker import GeneratorWorker, WorkerPool, callback_generator
 
+CALIBRATE_MIN_TOKENS = 16  # decoded tokens an answer needs before its speed counts as a measurement
 GPU_NOTE = "CPU only (GPU offload arrives with the GPU backend)"
 RENDER_INTERVAL_MS = 80
 USER_BG = QColor("#e8f0fb")
@@ -90,9 +94,14 @@ def _chat_job(model: Any, messages: list[dict[str, str]], sampling: dict[str, An
     return factory
 
 
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
 def _load_job(path: str, n_ctx: int):
     def factory(token: CancelToken) -> Generator[Progress, None, Any]:
         def call(report):
+            before = _rss()
             model = engine.open_model(path, n_ctx=n_ctx, progress=report, cancel=token)
             try:  # one tiny forward pass: the first answer then pays no lazy imports or dispatch
                 model.logits(model.tokenize("Hello"))
@@ -100,9 +109,26 @@ def _load_job(path: str, n_ctx: int):
             except Exception:
                 model.close()
                 raise
-            return model
+            return LoadedModel(model, max(0, _rss() - before))
 
         return (yield from callback_generator(call, token))
+
+    return factory
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    model: Any
+    loaded_bytes: int  # process RSS growth over the load: what the planner's estimate is checked against
+
+
+def _calibration_job(path: str, n_ctx: int, tok_s: float, loaded_bytes: int, paths: KvantPaths):
+    """Record a decode speed and the load's memory next to the planner's prediction (engine.fit)."""
+
+    def factory(token: CancelToken) -> Generator[Progress, None, Any]:
+        store = CalibrationStore.default(paths)
+        yield Progress("calibrate", 0, 1)
+        return record_run(path, n_ctx=n_ctx, measured_tok_s=tok_s, measured_bytes=loaded_bytes, store=store)
 
     return factory
 
@@ -146,10 +172,12 @@ def _stats_dict(ev: Any) -> dict[str, Any] | None:
 
 class ChatPage(QWidget):
     status = Signal(str)  # a line for the main window's status bar
+    calibrated = Signal(object)  # an engine.fit.Measurement recorded after an answer
 
     def __init__(self, paths: KvantPaths, workers: WorkerPool, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.paths = paths
+        self._loaded_bytes = 0
         self.workers = workers
         self.store = ChatStore(chats_dir(paths))
         self.conversation = Conversation()
@@ -473,8 +501,10 @@ class ChatPage(QWidget):
             if ev.message:
                 self.model_status.setText(f"Loading {entry.name}: {ev.message}…")
 
-        def ready(model: Any) -> None:
+        def ready(loaded: LoadedModel) -> None:
+            model = loaded.model
             self.model, self.model_entry = model, entry
+            self._loaded_bytes = loaded.loaded_bytes
             n = model.info
             self.model_status.setText(
                 f"<b>{entry.name}</b> loaded in {time.monotonic() - t0:.1f} s · {n.architecture}, "
@@ -578,6 +608,20 @@ class ChatPage(QWidget):
             self._save(conv)
         self._last_event = ev
         self.stats_label.setText(stats_text(ev, self.model.n_ctx if self.model else None))
+        self._calibrate(ev)
+
+    def _calibrate(self, ev: Any) -> None:
+        """A finished answer with enough decoded tokens is a speed measurement for the planner."""
+        if ev is None or not ev.decode_tok_s or ev.n_generated < CALIBRATE_MIN_TOKENS:
+            return
+        if self.model is None or self.model_entry is None or not Path(self.model_entry.path).is_file():
+            return
+        job = _calibration_job(
+            self.model_entry.path, self.model.n_ctx, ev.decode_tok_s, self._loaded_bytes, self.paths
+        )
+        worker = GeneratorWorker(job)
+        worker.signals.result.connect(self.calibrated.emit)
+        self.workers.start(worker)
 
     def _on_gen_error(self, err: Exception) -> None:
         self._stream_error = str(err)

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.fit import CalibrationStore, HardwareProfile
 from engine.hardware import HardwareInfo, detect, detect_disk, detect_memory
 from engine.paths import KvantPaths
 from gui.widgets import USED, StackedBar
@@ -29,6 +30,9 @@ def _detect_job(paths: KvantPaths, refresh: bool):
         yield  # pragma: no cover - makes this a generator
 
     return factory
+
+
+CALIBRATION_ROWS = 5  # latest measurements listed
 
 
 class HardwarePage(QWidget):
@@ -67,6 +71,12 @@ class HardwarePage(QWidget):
         cpu = QGroupBox("CPU and memory bandwidth")
         QVBoxLayout(cpu).addWidget(self.cpu_label)
 
+        self.calib_label = QLabel("No runs measured yet.")
+        self.calib_label.setWordWrap(True)
+        self.calib_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        calib = QGroupBox("Planner calibration (predicted vs. measured on this machine)")
+        QVBoxLayout(calib).addWidget(self.calib_label)
+
         self.remeasure = QPushButton("Measure bandwidth again")
         self.remeasure.clicked.connect(lambda: self.refresh(remeasure=True))
         head = QHBoxLayout()
@@ -79,6 +89,7 @@ class HardwarePage(QWidget):
         layout.addWidget(memory)
         layout.addWidget(self.gpu_box)
         layout.addWidget(cpu)
+        layout.addWidget(calib)
         layout.addStretch(1)
 
         self.timer = QTimer(self)
@@ -158,6 +169,7 @@ class HardwarePage(QWidget):
                 f"{_gib(um.gpu_budget_bytes)} usable by the GPU (estimate)"
             )
             self.gpu_layout.addWidget(QLabel(text), len(info.gpus) + 1, 0, 1, 3)
+        self.show_calibration(info)
         c = info.cpu
         bw = info.bandwidth
         bw_text = (
@@ -173,3 +185,34 @@ class HardwarePage(QWidget):
             f"SIMD: {', '.join(c.features) or 'none detected'}<br>"
             f"Memory bandwidth: {bw_text}"
         )
+
+    def show_calibration(self, info: HardwareInfo) -> None:
+        """What real runs measured next to the planner's predictions, and the correction it now applies."""
+        store = CalibrationStore.default(self.paths)
+        key = HardwareProfile.from_hardware_info(info).key
+        records = [r for r in store.load() if r.machine == key]
+        if not records:
+            self.calib_label.setText(
+                "No runs measured yet. Each chat answer of 16 tokens or more records its decode speed "
+                "and the model's memory next to what the planner predicted, and later estimates are "
+                "corrected by what was measured."
+            )
+            return
+        c = store.correction(key)
+        lines = [
+            f"Speed estimates × {c.tok_s:.2f}, compute-buffer estimates × {c.buffers:.2f} "
+            f"(from {c.samples} run{'s' if c.samples != 1 else ''} on this machine)."
+        ]
+        for r in records[-CALIBRATION_ROWS:][::-1]:
+            speed = (
+                f"{r.measured_tok_s:.1f} tok/s measured vs {r.predicted_tok_s:.1f} predicted"
+                if r.measured_tok_s
+                else "no speed"
+            )
+            mem = (
+                f", {r.measured_bytes / 2**20:,.0f} MiB vs {r.predicted_bytes / 2**20:,.0f} MiB"
+                if r.measured_bytes and r.predicted_bytes
+                else ""
+            )
+            lines.append(f"{r.at[:16].replace('T', ' ')} · {r.model} {r.quant} · {speed}{mem}")
+        self.calib_label.setText("<br>".join(lines))
