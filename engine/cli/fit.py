@@ -213,7 +213,7 @@ def _resolve(spec: str) -> tuple[str, Any]:
             return "file", resolve_model(spec, KvantPaths.default())
         except ModelError:
             pass
-    catalog = load_catalog()
+    catalog = load_catalog(paths=KvantPaths.default())
     try:
         return "catalog", catalog.find(spec)
     except ModelError:

@@ -405,8 +405,21 @@ def parse_catalog(data: Any) -> Catalog:
     return Catalog(tuple(models))
 
 
-def load_catalog(path: str | Path | None = None) -> Catalog:
-    """Read and validate the catalog (``resources/catalog.json`` unless ``path`` is given)."""
+#: The catalog refreshed from the Hub, in ``KvantPaths.cache``.
+REFRESHED_CATALOG = "catalog.json"
+
+
+def load_catalog(path: str | Path | None = None, *, paths: Any = None) -> Catalog:
+    """Read and validate the catalog: ``path`` if given; else, with ``paths`` (a
+    :class:`engine.paths.KvantPaths`), the copy refreshed from the Hub in its cache when there is a
+    valid one (``engine.hub.refresh_catalog``); else the shipped ``resources/catalog.json``."""
+    if path is None and paths is not None:
+        refreshed = Path(paths.cache) / REFRESHED_CATALOG
+        if refreshed.is_file():
+            try:
+                return load_catalog(refreshed)
+            except ModelError:
+                pass  # a damaged refresh must not hide the shipped catalog
     path = Path(path) if path is not None else CATALOG_PATH
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

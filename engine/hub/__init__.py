@@ -15,6 +15,7 @@ from engine.hub._http import (
     hub_endpoint,
     is_offline,
 )
+from engine.hub.catalog import CatalogRefresh, refresh_catalog
 from engine.hub.download import (
     DownloadProgress,
     PendingDownload,
@@ -50,6 +51,7 @@ from engine.hub.remote import (
 )
 
 __all__ = [
+    "CatalogRefresh",
     "ChecksumError",
     "DownloadProgress",
     "GatedModelError",
@@ -80,6 +82,7 @@ __all__ = [
     "nominal_bpw",
     "parse_quant_name",
     "pending_downloads",
+    "refresh_catalog",
     "scan_and_import",
     "search_models",
     "select_quant",
