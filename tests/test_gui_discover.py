@@ -176,3 +176,62 @@ def test_errors_are_messages_not_crashes(qtbot, page, hub, monkeypatch):
     page.search()
     qtbot.waitUntil(lambda: "offline" in page.message.text(), timeout=10_000)
     assert "color:#b00020" in page.message.text()
+
+
+def test_unfinished_downloads_of_an_earlier_session_are_listed_and_resume(qtbot, page, hub, paths):
+    from gui.pages.discover import DiscoverPage
+
+    _open_tiny(qtbot, page)
+    hub.slow[Q4] = 0.05
+    quant = next(q for q in page.quants if q.name == "Q4_K_M")
+    d = page.enqueue(REPO, quant)
+    qtbot.waitUntil(lambda: d.widgets["bar"].value() > 50, timeout=20_000)
+    d.widgets["pause"].click()
+    qtbot.waitUntil(lambda: d.state == "paused", timeout=10_000)
+    kept = pending_downloads(paths)
+    assert len(kept) == 1 and kept[0].sha256 == quant.first.sha256
+
+    # "Restart the app": a new page finds the partial file and lists it, paused, with what is kept.
+    workers = WorkerPool()
+    again = DiscoverPage(paths, workers, hardware=_machine)
+    qtbot.addWidget(again)
+    try:
+        assert len(again.downloads) == 1
+        r = again.downloads[0]
+        assert r.restored and r.state == "paused" and r.repo == REPO and r.quant.key == quant.key
+        assert "earlier session" in again.download_table.item(0, 4).text()
+        assert 50 < r.widgets["bar"].value() < 1000 and r.widgets["pause"].text() == "Resume"
+        hub.slow[Q4] = 0.0
+        with qtbot.waitSignal(again.downloaded, timeout=30_000) as got:
+            r.widgets["pause"].click()
+        assert got.args[0].path.endswith(Q4) and r.state == "done" and pending_downloads(paths) == []
+        ranges = [x.range for x in hub.gets(Q4) if x.range]
+        assert sum(1 for x in ranges if not x.startswith("bytes=0-")) >= 1  # resumed from the partial
+    finally:
+        again.shutdown()
+        workers.cancel_all()
+        workers.wait(10_000)
+
+
+def test_restored_download_can_be_discarded(qtbot, page, hub, paths):
+    from gui.pages.discover import DiscoverPage
+
+    _open_tiny(qtbot, page)
+    hub.slow["tiny.q8_0.gguf"] = 0.05
+    q8 = next(q for q in page.quants if q.name == "Q8_0")
+    d = page.enqueue(REPO, q8)
+    qtbot.waitUntil(lambda: d.widgets["bar"].value() > 50, timeout=20_000)
+    d.widgets["pause"].click()
+    qtbot.waitUntil(lambda: d.state == "paused", timeout=10_000)
+    workers = WorkerPool()
+    again = DiscoverPage(paths, workers, hardware=_machine)
+    qtbot.addWidget(again)
+    try:
+        (r,) = again.downloads
+        r.widgets["discard"].click()
+        assert again.downloads == [] and again.download_table.rowCount() == 0
+        assert pending_downloads(paths) == []
+    finally:
+        again.shutdown()
+        workers.cancel_all()
+        workers.wait(10_000)

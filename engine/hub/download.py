@@ -79,6 +79,8 @@ class PendingDownload:
     size: int
     have: int
     partial: str
+    sha256: str | None = None
+    blob_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -490,6 +492,8 @@ def pending_downloads(paths: KvantPaths | None = None) -> list[PendingDownload]:
                 size=int(meta.get("size") or 0),
                 have=have,
                 partial=str(partial),
+                sha256=meta.get("sha256") if isinstance(meta.get("sha256"), str) else None,
+                blob_id=meta.get("blob_id") if isinstance(meta.get("blob_id"), str) else None,
             )
         )
     return found

@@ -34,10 +34,14 @@ from engine.hardware import detect
 from engine.hub import (
     HubModel,
     Quant,
+    RemoteFile,
     discard_download,
     download_quant,
     fetch_quant_headers,
+    find_quant,
+    group_quants,
     list_quants,
+    pending_downloads,
     search_models,
 )
 from engine.paths import KvantPaths
@@ -148,6 +152,7 @@ class Download:
     worker: GeneratorWorker | None = None
     discard: bool = False
     message: str = ""
+    restored: bool = False  # found unfinished on disk: its quant is looked up on the Hub when resumed
     widgets: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -178,6 +183,7 @@ class DiscoverPage(QWidget):
         self.downloads: list[Download] = []
         self._search_worker: GeneratorWorker | None = None
         self._build()
+        self.restore_pending()
 
     # --- layout ------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -438,6 +444,34 @@ class DiscoverPage(QWidget):
         self._update_buttons()
         return d
 
+    def restore_pending(self) -> list[Download]:
+        """Unfinished downloads of earlier sessions (partial files with their sidecars), shown paused:
+        Resume continues them (the quant's file list is looked up on the Hub again), Discard deletes."""
+        restored = []
+        try:
+            pending = pending_downloads(self.paths)
+        except OSError:
+            return restored
+        by_repo: dict[str, list[Any]] = {}
+        for p in pending:
+            by_repo.setdefault(p.repo, []).append(p)
+        for repo, files in by_repo.items():
+            remote = [RemoteFile(p.path, p.size, p.sha256, p.blob_id) for p in files]
+            have = {p.path: p.have for p in files}
+            for quant in group_quants(remote):
+                if any(d.repo == repo and d.quant.key == quant.key for d in self.downloads):
+                    continue
+                got = sum(have.get(f.path, 0) for f in quant.files)
+                d = Download(repo, quant, state="paused", restored=True)
+                d.message = f"unfinished from an earlier session ({_size(got)} of {_size(quant.size)} kept)"
+                self.downloads.append(d)
+                self._add_download_row(d)
+                if quant.size:
+                    d.widgets["bar"].setValue(int(got * 1000 / quant.size))
+                restored.append(d)
+        self._update_buttons()
+        return restored
+
     def _add_download_row(self, d: Download) -> None:
         t = self.download_table
         row = t.rowCount()
@@ -479,7 +513,7 @@ class DiscoverPage(QWidget):
         state = {
             "queued": "queued",
             "downloading": d.message or "downloading",
-            "paused": "paused (the partial file is kept)",
+            "paused": d.message if d.restored and d.message else "paused (the partial file is kept)",
             "failed": d.message,
             "done": "in the library",
         }[d.state]
@@ -509,9 +543,14 @@ class DiscoverPage(QWidget):
     def _start(self, d: Download) -> None:
         d.state, d.message = "downloading", "starting"
         paths = self.paths
-        worker = GeneratorWorker(
-            lambda token: download_quant(d.repo, d.quant, paths=paths, cancel=token), min_interval=0.1
-        )
+
+        def job(token):
+            if d.restored:  # the whole quant as the Hub lists it now (all shards, current checksums)
+                d.quant = find_quant(d.repo, d.quant.key)
+                d.restored = False
+            return (yield from download_quant(d.repo, d.quant, paths=paths, cancel=token))
+
+        worker = GeneratorWorker(job, min_interval=0.1)
         d.worker = worker
 
         def progress(ev) -> None:
