@@ -133,6 +133,9 @@ _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>") 
 _ESCAPED_SPACE = "\u2581"  # ▁
 
 
+_DICT_SLICE = 16384  # tokens hashed per GIL-holding call while building the vocabulary
+
+
 class Tokenizer:
     """A model's tokenizer, built from its GGUF metadata (``Tokenizer.from_gguf(model)``).
 
@@ -205,7 +208,13 @@ class Tokenizer:
         texts = (
             [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)] if not all(tokens) else list(tokens)
         )
-        token_to_id = dict(zip(texts, range(n), strict=True))
+        # In slices: one dict() call over 262k new strings holds the GIL for ~60 ms (hashing them),
+        # long enough to stall a GUI thread while a model loads in the background.
+        token_to_id: dict[str, int] = {}
+        for i in range(0, n, _DICT_SLICE):
+            token_to_id.update(
+                zip(texts[i : i + _DICT_SLICE], range(i, min(n, i + _DICT_SLICE)), strict=True)
+            )
         if len(token_to_id) != n:
             seen: dict[str, int] = {}
             for i, t in enumerate(texts):
