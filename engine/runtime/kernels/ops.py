@@ -1,8 +1,9 @@
-"""Element-wise and per-row kernels: RMSNorm, RoPE, GELU-tanh, softmax.
+"""Element-wise and per-row kernels: RMSNorm, RoPE (NEOX; any mode with frequency factors), GELU-tanh
+and SiLU gating, softmax.
 
 Each has a Numba implementation and a NumPy reference (``*_ref``); both follow ggml's CPU
 arithmetic (RMSNorm sums squares in float64; RoPE's angle is advanced by repeated f32
-multiplication; softmax sums in float64).
+multiplication; SiLU is ``x / (1 + exp(-x))`` in f32; softmax sums in float64).
 """
 
 from __future__ import annotations
@@ -92,6 +93,81 @@ def rope_neox_ref(x: np.ndarray, positions: np.ndarray, base: float, freq_scale:
     return x
 
 
+# ---------------------------------------------------------------------------- RoPE (NORM or NEOX, factors)
+
+
+@njit(**KERNEL, parallel=True)
+def rope(x, positions, n_rot, base, freq_scale, freq_factors, mscale, neox):
+    """Rotate the first ``n_rot`` dims of every head of x (n, heads, d) in place, as ggml's
+    ``rope_ext`` without YaRN (ext_factor 0): pair ``i`` (``0 <= i < n_rot/2``) is (x[2i], x[2i+1])
+    in NORM mode (llama) or (x[i], x[i + n_rot/2]) in NEOX mode; its angle is
+    ``freq_scale * (pos * base^(-2i/n_rot) / freq_factors[i])`` with the power advanced by repeated
+    f32 multiplication, and cos/sin are scaled by ``mscale`` (llama.cpp's attn_factor).
+    ``freq_factors``: (n_rot/2,) f32 (all ones when the model has none)."""
+    n, nh, _ = x.shape
+    half = n_rot // 2
+    theta_scale = np.float32(math.pow(np.float32(base), np.float32(-2.0) / np.float32(n_rot)))
+    fs = np.float32(freq_scale)
+    ms = np.float32(mscale)
+    for t in prange(n):
+        theta = np.float32(positions[t])
+        for i in range(half):
+            ang = np.float32(fs * np.float32(theta / freq_factors[i]))
+            c = np.float32(np.float32(math.cos(ang)) * ms)
+            s = np.float32(np.float32(math.sin(ang)) * ms)
+            if neox:
+                i0 = i
+                i1 = i + half
+            else:
+                i0 = 2 * i
+                i1 = 2 * i + 1
+            for h in range(nh):
+                x0 = x[t, h, i0]
+                x1 = x[t, h, i1]
+                x[t, h, i0] = x0 * c - x1 * s
+                x[t, h, i1] = x0 * s + x1 * c
+            theta = np.float32(theta * theta_scale)
+    return x
+
+
+def rope_ref(
+    x: np.ndarray,
+    positions: np.ndarray,
+    n_rot: int,
+    base: float,
+    freq_scale: float,
+    freq_factors: np.ndarray,
+    mscale: float,
+    neox: bool,
+) -> np.ndarray:
+    """NumPy reference of :func:`rope` (returns a new array)."""
+    x = np.array(x, np.float32)
+    n = x.shape[0]
+    half = n_rot // 2
+    theta_scale = np.float32(np.float32(base) ** (np.float32(-2.0) / np.float32(n_rot)))
+    theta = np.asarray(positions, np.float32).copy()
+    cos = np.empty((n, half), np.float32)
+    sin = np.empty((n, half), np.float32)
+    ff = np.asarray(freq_factors, np.float32)
+    for i in range(half):
+        ang = (np.float32(freq_scale) * (theta / ff[i]).astype(np.float32)).astype(np.float32)
+        ms = np.float32(mscale)
+        cos[:, i] = (np.cos(ang.astype(np.float64)).astype(np.float32) * ms).astype(np.float32)
+        sin[:, i] = (np.sin(ang.astype(np.float64)).astype(np.float32) * ms).astype(np.float32)
+        theta = (theta * theta_scale).astype(np.float32)
+    if neox:
+        i0, i1 = np.arange(half), np.arange(half) + half
+    else:
+        i0, i1 = np.arange(half) * 2, np.arange(half) * 2 + 1
+    x0 = x[:, :, i0].copy()
+    x1 = x[:, :, i1].copy()
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    x[:, :, i0] = x0 * c - x1 * s
+    x[:, :, i1] = x0 * s + x1 * c
+    return x
+
+
 # ---------------------------------------------------------------------------- GELU (tanh)
 
 
@@ -138,6 +214,31 @@ def geglu_ref(gate: np.ndarray, up: np.ndarray, fp16_table: bool) -> np.ndarray:
     else:
         y = gelu(g)
     return (y * up).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- SiLU gating (SwiGLU)
+
+
+@njit(**KERNEL, parallel=True)
+def swiglu(gate, up):
+    """silu(gate) * up, ``silu(v) = v / (1 + exp(-v))`` in f32 (ggml's ``ggml_silu_f32``)."""
+    rows, n = gate.shape
+    out = np.empty((rows, n), np.float32)
+    one = np.float32(1.0)
+    for r in prange(rows):
+        for i in range(n):
+            v = gate[r, i]
+            e = np.float32(math.exp(-v))
+            out[r, i] = np.float32(v / np.float32(one + e)) * up[r, i]
+    return out
+
+
+def swiglu_ref(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    g = np.asarray(gate, np.float32)
+    with np.errstate(over="ignore"):
+        e = np.exp(-g.astype(np.float64)).astype(np.float32)
+    silu = (g / (np.float32(1.0) + e)).astype(np.float32)
+    return (silu * np.asarray(up, np.float32)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- softmax

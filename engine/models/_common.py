@@ -1,0 +1,504 @@
+"""What the llama-family decoders share: hyperparameters from GGUF metadata, layer weights, and one
+forward pass with per-architecture switches.  Each architecture file (llama, qwen2, qwen3, phi3) is
+a thin :class:`Decoder` subclass that says which tensors it needs and how its graph differs.
+
+The graph, llama.cpp's ``llm_build_llama`` and relatives, per layer with ``x`` the residual stream:
+
+    h        = rmsnorm(x) * attn_norm
+    q, k, v  = h @ Wq (+ bq), h @ Wk (+ bk), h @ Wv (+ bv)     (or one fused Wqkv, split by rows)
+    q, k     = rmsnorm per head * q_norm / k_norm              (qwen3 only)
+    q, k     = rope(q), rope(k)                                (NORM mode: llama; NEOX: the others)
+    a        = attention(q, k, v) @ Wo (+ bo)
+    x        = x + a
+    h2       = rmsnorm(x) * ffn_norm
+    x        = x + (silu(h2 @ Wgate) * (h2 @ Wup)) @ Wdown     (phi3: Wup fused, gate ‖ up by rows)
+
+then ``rmsnorm(x) * output_norm @ Woutput`` (or the tied token embedding).
+
+Where llama.cpp rounds, we round: the KV cache holds f16 (llama.cpp's default), so the queries are
+rounded to f16 for K·Q (ggml converts them to K's type) and the attention probabilities to f16 for
+V (see :mod:`engine.runtime.kernels.attention`).  llama, qwen2 and qwen3 pass the 1/sqrt(head_dim)
+scale to llama.cpp's softmax (applied to the f32 scores), phi3 multiplies Q by it before the
+cache; our attention kernel takes pre-scaled queries, so for the first three the f16-rounded query
+is multiplied by the scale in f32 (bit-identical when the scale is a power of two, one f32
+rounding away otherwise).  Activations entering every mat-mul are quantized per block as
+llama.cpp's CPU backend does (:mod:`engine.runtime.kernels.qmatmul`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+
+from engine.errors import ModelError
+from engine.gguf import GGUFModel
+from engine.runtime.kernels import (
+    QWeight,
+    attention,
+    dequantize_rows,
+    matmul_dense,
+    matvec,
+    repack,
+    rmsnorm,
+)
+from engine.runtime.kernels.ops import rope, swiglu
+from engine.runtime.kv_cache import KVCache
+
+MAX_BATCH = 512  # tokens per internal micro-batch
+DECODE_MAX_TOKENS = 4  # output mat-mul: integer mat-vec up to this many tokens, dequantize + BLAS beyond
+
+K = gguf.Keys
+TN = gguf.TENSOR_NAMES
+MT = gguf.MODEL_TENSOR
+
+
+def tensor_name(t: gguf.MODEL_TENSOR, layer: int | None = None, suffix: str = "weight") -> str:
+    """GGUF tensor name from gguf-py's table, e.g. (ATTN_Q, 3) -> ``blk.3.attn_q.weight``."""
+    base = TN[t].format(bid=layer) if layer is not None else TN[t]
+    return f"{base}.{suffix}"
+
+
+@dataclass(frozen=True)
+class DecoderParams:
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_rot: int
+    n_ff: int
+    eps: float
+    rope_base: float
+    rope_freq_scale: float
+    rope_attn_factor: float
+    rope_neox: bool
+    n_ctx_train: int
+    n_ctx_orig: int
+    attn_scale: float
+
+    @property
+    def n_q(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def n_kv(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+
+class MetadataReader:
+    """``{arch}.*`` keys of a GGUF file with :class:`ModelError` for missing required ones."""
+
+    def __init__(self, model: GGUFModel, arch: str) -> None:
+        found = model.get("general.architecture")
+        if found != arch:
+            raise ModelError(f"{model.path.name}: architecture is {found!r}, not {arch!r}")
+        self.model = model
+        self.arch = arch
+
+    def get(self, key: str, default=None, *, required: bool = False):
+        full = key.format(arch=self.arch)
+        v = self.model.get(full, None)
+        if v is None:
+            if required:
+                raise ModelError(f"{self.model.path.name}: metadata key {full} is missing")
+            return default
+        return v
+
+
+def read_params(model: GGUFModel, arch: str, *, neox: bool) -> DecoderParams:
+    """Hyperparameters as llama.cpp's ``llm_load_hparams`` reads them for these architectures."""
+    md = MetadataReader(model, arch)
+    n_embd = int(md.get(K.LLM.EMBEDDING_LENGTH, required=True))
+    n_layer = int(md.get(K.LLM.BLOCK_COUNT, required=True))
+    n_head = int(md.get(K.Attention.HEAD_COUNT, required=True))
+    n_head_kv = int(md.get(K.Attention.HEAD_COUNT_KV, n_head))
+    if n_head < 1 or n_head_kv < 1 or n_head % n_head_kv:
+        raise ModelError(f"{model.path.name}: {n_head} heads cannot share {n_head_kv} KV heads")
+    head_dim = int(md.get(K.Attention.KEY_LENGTH, n_embd // n_head))
+    v_dim = int(md.get(K.Attention.VALUE_LENGTH, head_dim))
+    if v_dim != head_dim:
+        raise ModelError(f"{model.path.name}: key length {head_dim} != value length {v_dim}")
+    n_rot = int(md.get(K.Rope.DIMENSION_COUNT, head_dim))
+    if n_rot != head_dim:  # llama.cpp asserts this for llama, qwen2, qwen3 (and phi3 GGUFs have it)
+        raise ModelError(f"{model.path.name}: rope dimension {n_rot} != head dimension {head_dim}")
+    scaling = str(md.get(K.Rope.SCALING_TYPE, "none"))
+    if scaling == "yarn":
+        raise ModelError(f"{model.path.name}: YaRN rope scaling is not supported by the CPU engine yet")
+    # llama.cpp: freq_scale = 1 / rope.scaling.factor whenever the key is there (0: none)
+    factor = float(md.get(K.Rope.SCALING_FACTOR, 0.0) or 0.0)
+    n_ctx_train = int(md.get(K.LLM.CONTEXT_LENGTH, 0) or 0)
+    if not model.has_tensor(tensor_name(MT.TOKEN_EMBD)):
+        raise ModelError(f"{model.path.name}: tensor {tensor_name(MT.TOKEN_EMBD)} is missing")
+    emb = model.tensor(tensor_name(MT.TOKEN_EMBD))
+    n_vocab = int(emb.shape[0])
+    if int(emb.shape[1]) != n_embd:
+        raise ModelError(f"{model.path.name}: token_embd has {emb.shape[1]} columns, expected {n_embd}")
+    return DecoderParams(
+        arch=arch,
+        n_vocab=n_vocab,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_rot=n_rot,
+        n_ff=int(md.get(K.LLM.FEED_FORWARD_LENGTH, required=True)),
+        eps=float(md.get(K.Attention.LAYERNORM_RMS_EPS, required=True)),
+        rope_base=float(md.get(K.Rope.FREQ_BASE, 10000.0)),
+        rope_freq_scale=1.0 / factor if factor else 1.0,
+        rope_attn_factor=float(md.get(K.Rope.SCALING_ATTN_FACTOR, 1.0)),
+        rope_neox=neox,
+        n_ctx_train=n_ctx_train,
+        n_ctx_orig=int(md.get(K.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train) or n_ctx_train),
+        attn_scale=1.0 / math.sqrt(head_dim),
+    )
+
+
+# ------------------------------------------------------------------------------------- weights
+
+
+class Weights:
+    """Typed access to a GGUF file's tensors with :class:`ModelError` for missing or misshapen ones."""
+
+    def __init__(self, model: GGUFModel) -> None:
+        self.model = model
+
+    def has(self, name: str) -> bool:
+        return self.model.has_tensor(name)
+
+    def _need(self, name: str) -> None:
+        if not self.model.has_tensor(name):
+            raise ModelError(f"{self.model.path.name}: tensor {name} is missing")
+
+    def matrix(self, name: str, rows: int, cols: int) -> QWeight:
+        self._need(name)
+        t = self.model.tensor(name)
+        if tuple(int(d) for d in t.shape) != (rows, cols):
+            raise ModelError(
+                f"{self.model.path.name}: {name} has shape {tuple(t.shape)}, expected ({rows}, {cols})"
+            )
+        return repack(self.model.raw(name), t.type, rows, cols)
+
+    def vector(self, name: str, n: int) -> np.ndarray:
+        self._need(name)
+        shape = tuple(int(d) for d in self.model.tensor(name).shape)
+        if shape != (n,):
+            raise ModelError(f"{self.model.path.name}: {name} has shape {shape}, expected ({n},)")
+        return np.array(self.model.array(name), np.float32).reshape(n)
+
+    def optional_vector(self, name: str, n: int) -> np.ndarray | None:
+        return self.vector(name, n) if self.has(name) else None
+
+
+@dataclass(frozen=True, eq=False)
+class DecoderLayer:
+    attn_norm: np.ndarray
+    wq: QWeight | None  # None when wqkv (fused) is used
+    wk: QWeight | None
+    wv: QWeight | None
+    wqkv: QWeight | None
+    bq: np.ndarray | None
+    bk: np.ndarray | None
+    bv: np.ndarray | None
+    q_norm: np.ndarray | None
+    k_norm: np.ndarray | None
+    wo: QWeight
+    bo: np.ndarray | None
+    ffn_norm: np.ndarray
+    w_gate: QWeight | None  # None: w_up is fused (gate rows first, then up)
+    w_up: QWeight
+    w_down: QWeight
+
+
+def load_layer(
+    w: Weights,
+    p: DecoderParams,
+    il: int,
+    *,
+    qkv_bias: bool = False,
+    qk_norm: bool = False,
+    fused_up: bool = False,
+) -> DecoderLayer:
+    """One layer's weights.  Fused ``attn_qkv`` is used when present, else ``attn_q/k/v`` (as
+    llama.cpp's ``create_tensor_qkv``).  ``qkv_bias``: q/k/v biases required (qwen2), otherwise
+    optional; ``attn_output.bias`` is always optional.  ``qk_norm``: per-head q/k RMSNorm weights
+    required (qwen3).  ``fused_up``: ``ffn_up`` holds gate ‖ up (2·n_ff rows) and there is no
+    ``ffn_gate`` (phi3)."""
+    e, f = p.n_embd, p.n_ff
+
+    def n(t, suffix="weight"):
+        return tensor_name(t, il, suffix)
+
+    wq = wk = wv = wqkv = None
+    if w.has(n(MT.ATTN_QKV)):
+        wqkv = w.matrix(n(MT.ATTN_QKV), p.n_q + 2 * p.n_kv, e)
+    else:
+        wq = w.matrix(n(MT.ATTN_Q), p.n_q, e)
+        wk = w.matrix(n(MT.ATTN_K), p.n_kv, e)
+        wv = w.matrix(n(MT.ATTN_V), p.n_kv, e)
+    if qkv_bias:
+        bq = w.vector(n(MT.ATTN_Q, "bias"), p.n_q)
+        bk = w.vector(n(MT.ATTN_K, "bias"), p.n_kv)
+        bv = w.vector(n(MT.ATTN_V, "bias"), p.n_kv)
+    else:
+        bq = w.optional_vector(n(MT.ATTN_Q, "bias"), p.n_q)
+        bk = w.optional_vector(n(MT.ATTN_K, "bias"), p.n_kv)
+        bv = w.optional_vector(n(MT.ATTN_V, "bias"), p.n_kv)
+    if fused_up:
+        w_gate = None
+        w_up = w.matrix(n(MT.FFN_UP), 2 * f, e)
+    else:
+        w_gate = w.matrix(n(MT.FFN_GATE), f, e)
+        w_up = w.matrix(n(MT.FFN_UP), f, e)
+    return DecoderLayer(
+        attn_norm=w.vector(n(MT.ATTN_NORM), e),
+        wq=wq,
+        wk=wk,
+        wv=wv,
+        wqkv=wqkv,
+        bq=bq,
+        bk=bk,
+        bv=bv,
+        q_norm=w.vector(n(MT.ATTN_Q_NORM), p.head_dim) if qk_norm else None,
+        k_norm=w.vector(n(MT.ATTN_K_NORM), p.head_dim) if qk_norm else None,
+        wo=w.matrix(n(MT.ATTN_OUT), e, p.n_q),
+        bo=w.optional_vector(n(MT.ATTN_OUT, "bias"), e),
+        ffn_norm=w.vector(n(MT.FFN_NORM), e),
+        w_gate=w_gate,
+        w_up=w_up,
+        w_down=w.matrix(n(MT.FFN_DOWN), e, f),
+    )
+
+
+# ------------------------------------------------------------------------------------- the model
+
+
+class Decoder:
+    """A llama-family decoder over quantized GGUF weights with its own f16 KV cache.
+
+    Subclasses set ``ARCH``, ``NEOX`` (rope mode), ``QKV_BIAS``, ``QK_NORM``, ``FUSED_UP`` and
+    ``SCALE_Q`` (scale queries before the cache, phi3) and may override :meth:`rope_factors`.
+    """
+
+    ARCH = ""
+    NEOX = True
+    QKV_BIAS = False
+    QK_NORM = False
+    FUSED_UP = False
+    SCALE_Q = False
+
+    def __init__(
+        self,
+        params: DecoderParams,
+        layers: list[DecoderLayer],
+        tok_embd: QWeight,
+        output_norm: np.ndarray,
+        output: QWeight | None,
+        freq_factors: np.ndarray | None,
+        n_ctx: int,
+        kv_type: str = "f16",
+    ) -> None:
+        self.params = params
+        self.layers = layers
+        self.tok_embd = tok_embd
+        self.output_norm = output_norm
+        self.output = output  # None: tied to tok_embd
+        half = params.n_rot // 2
+        self.freq_factors = np.ones(half, np.float32) if freq_factors is None else freq_factors
+        self.n_ctx = n_ctx
+        self.cache = KVCache(
+            n_ctx,
+            params.n_head_kv,
+            params.head_dim,
+            [0] * params.n_layer,
+            max_batch=min(MAX_BATCH, n_ctx),
+            dtype=kv_type,
+        )
+        # Called as observer(weight_name, x) with the activations ``x`` (n_tokens, n_in) f32 that
+        # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
+        self.observer: Callable[[str, np.ndarray], None] | None = None
+        self._lock = threading.Lock()  # serializes Numba parallel launches from several threads
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def read_params(cls, model: GGUFModel) -> DecoderParams:
+        return read_params(model, cls.ARCH, neox=cls.NEOX)
+
+    @classmethod
+    def rope_factors(cls, w: Weights, p: DecoderParams, n_ctx: int) -> np.ndarray | None:
+        """Per-pair rope frequency divisors (n_rot/2,), or None."""
+        return None
+
+    @classmethod
+    def from_gguf(cls, model: GGUFModel, n_ctx: int = 4096, kv_type: str = "f16") -> Decoder:
+        if n_ctx < 1:
+            raise ModelError(f"n_ctx must be at least 1, not {n_ctx}")
+        p = cls.read_params(model)
+        w = Weights(model)
+        layers = [
+            load_layer(w, p, il, qkv_bias=cls.QKV_BIAS, qk_norm=cls.QK_NORM, fused_up=cls.FUSED_UP)
+            for il in range(p.n_layer)
+        ]
+        tok = w.matrix(tensor_name(MT.TOKEN_EMBD), p.n_vocab, p.n_embd)
+        out_name = tensor_name(MT.OUTPUT)
+        output = w.matrix(out_name, p.n_vocab, p.n_embd) if w.has(out_name) else None
+        norm = w.vector(tensor_name(MT.OUTPUT_NORM), p.n_embd)
+        return cls(p, layers, tok, norm, output, cls.rope_factors(w, p, n_ctx), n_ctx, kv_type)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def n_vocab(self) -> int:
+        return self.params.n_vocab
+
+    @property
+    def n_past(self) -> int:
+        return self.cache.n_past
+
+    @property
+    def output_name(self) -> str:
+        return tensor_name(MT.OUTPUT if self.output is not None else MT.TOKEN_EMBD)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.cache.reset()
+
+    def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray:
+        """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
+        KV cache (positions >= ``start_pos`` already there are replaced).  ``last_only``: logits of
+        the last token only, shape (1, n_vocab)."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.size == 0:
+            raise ModelError(f"forward needs a non-empty 1-D array of token ids, got shape {tokens.shape}")
+        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
+            raise ModelError(f"token ids must be in 0..{self.n_vocab - 1}")
+        tokens = tokens.astype(np.int64)
+        n = tokens.size
+        with self._lock:
+            if start_pos < 0 or start_pos > self.cache.n_past:
+                raise ModelError(
+                    f"start_pos {start_pos} is not in 0..{self.cache.n_past} "
+                    f"(the KV cache holds {self.cache.n_past} positions)"
+                )
+            if start_pos + n > self.n_ctx:
+                raise ModelError(
+                    f"context overflow: positions {start_pos}..{start_pos + n - 1} do not fit in "
+                    f"n_ctx={self.n_ctx}; reset the model or load it with a larger n_ctx"
+                )
+            self.cache.truncate(start_pos)
+            outs = []
+            step = self.cache.max_batch
+            for b0 in range(0, n, step):
+                chunk = tokens[b0 : b0 + step]
+                last = b0 + step >= n
+                outs.append(self._forward_batch(chunk, start_pos + b0, last_only and not last, last_only))
+            logits = [o for o in outs if o is not None]
+            return logits[0] if len(logits) == 1 else np.concatenate(logits)
+
+    def logits_all(self, ids) -> np.ndarray:
+        """Reset, then the logits of every position of ``ids`` (n, n_vocab)."""
+        self.reset()
+        return self.forward(np.asarray(ids), 0)
+
+    # ------------------------------------------------------------------ the graph
+
+    def _see(self, name: str, x: np.ndarray) -> None:
+        if self.observer is not None:
+            self.observer(name, x)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        x = np.empty((tokens.size, self.params.n_embd), np.float32)
+        for i, t in enumerate(tokens):
+            x[i] = dequantize_rows(self.tok_embd, int(t), int(t) + 1)[0]
+        return x
+
+    def _qkv(self, il: int, L: DecoderLayer, h: np.ndarray):
+        p = self.params
+        n = h.shape[0]
+        if L.wqkv is not None:
+            self._see(tensor_name(MT.ATTN_QKV, il), h)
+            qkv = matvec(L.wqkv, h)
+            q = qkv[:, : p.n_q]
+            k = qkv[:, p.n_q : p.n_q + p.n_kv]
+            v = qkv[:, p.n_q + p.n_kv :]
+        else:
+            if self.observer is not None:
+                for t in (MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V):
+                    self._see(tensor_name(t, il), h)
+            q, k, v = matvec(L.wq, h), matvec(L.wk, h), matvec(L.wv, h)
+        if L.bq is not None:
+            q = q + L.bq
+        if L.bk is not None:
+            k = k + L.bk
+        if L.bv is not None:
+            v = v + L.bv
+        q = np.ascontiguousarray(q).reshape(n, p.n_head, p.head_dim)
+        k = np.ascontiguousarray(k).reshape(n, p.n_head_kv, p.head_dim)
+        v = np.ascontiguousarray(v).reshape(n, p.n_head_kv, p.head_dim)
+        return q, k, v
+
+    def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool):
+        p = self.params
+        n = tokens.size
+        eps = np.float32(p.eps)
+        positions = np.arange(pos0, pos0 + n, dtype=np.int64)
+        scale = np.float32(p.attn_scale)
+        ff, neox = self.freq_factors, p.rope_neox
+        x = self.embed(tokens)
+        for il, L in enumerate(self.layers):
+            h = rmsnorm(x, L.attn_norm, eps)
+            q, k, v = self._qkv(il, L, h)
+            if L.q_norm is not None:
+                q = rmsnorm(q.reshape(-1, p.head_dim), L.q_norm, eps).reshape(q.shape)
+                k = rmsnorm(k.reshape(-1, p.head_dim), L.k_norm, eps).reshape(k.shape)
+            for t in (q, k):
+                rope(t, positions, p.n_rot, p.rope_base, p.rope_freq_scale, ff, p.rope_attn_factor, neox)
+            if self.SCALE_Q:  # ggml_scale(Q) before K·Q: scale, then f16
+                q *= scale
+                if self.cache.round_f16:
+                    q = q.astype(np.float16).astype(np.float32)
+            else:  # K·Q on the f16 query, scale on the f32 scores (in the softmax)
+                if self.cache.round_f16:
+                    q = q.astype(np.float16).astype(np.float32)
+                q *= scale
+            self.cache.write(il, pos0, k, v)
+            kc, vc, sp = self.cache.view(il, pos0 + n)
+            a = attention(q, kc, vc, sp, positions, 0, self.cache.round_f16)
+            a = a.reshape(n, p.n_q)
+            self._see(tensor_name(MT.ATTN_OUT, il), a)
+            a = matvec(L.wo, a)
+            if L.bo is not None:
+                a = a + L.bo
+            if last_only and il == p.n_layer - 1:
+                a, x = a[-1:], x[-1:]
+            x = a + x
+            h = rmsnorm(x, L.ffn_norm, eps)
+            if L.w_gate is None:
+                self._see(tensor_name(MT.FFN_UP, il), h)
+                gu = matvec(L.w_up, h)
+                f = swiglu(gu[:, : p.n_ff], gu[:, p.n_ff :])
+            else:
+                if self.observer is not None:
+                    self._see(tensor_name(MT.FFN_GATE, il), h)
+                    self._see(tensor_name(MT.FFN_UP, il), h)
+                f = swiglu(matvec(L.w_gate, h), matvec(L.w_up, h))
+            self._see(tensor_name(MT.FFN_DOWN, il), f)
+            x = matvec(L.w_down, f) + x
+        self.cache.n_past = pos0 + n
+        if skip_logits:
+            return None
+        if last_only:
+            x = x[-1:]
+        x = rmsnorm(x, self.output_norm, eps)
+        self._see(self.output_name, x)
+        w_out = self.tok_embd if self.output is None else self.output
+        # same quantized activations either way; only the summation order differs
+        return matvec(w_out, x) if x.shape[0] <= DECODE_MAX_TOKENS else matmul_dense(w_out, x)
