@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_launch import cuda_test_device
+from tests.test_cuda_backend import cuda_test_device
 
 GGML = {"Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 EPS32 = float(np.finfo(np.float32).eps)
