@@ -2,15 +2,19 @@
 
 A GGUF weight of ``R`` rows × ``K`` columns (numpy order) is repacked once, losslessly, into
 separate arrays per block field (:class:`QWeight`): integer codes stay in their packed bits, fp16
-scales become f32, K-quant 6-bit scales and mins are unpacked to bytes.  Nothing is dequantized
-to floats at load.
+scales become f32, packed 4/6-bit scales are unpacked to bytes.  Nothing is dequantized to floats
+at load.  Every weight type of :data:`QTYPES` is supported: F32, F16, BF16, the legacy 32-element
+types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4), the K-quants (Q2_K … Q6_K), the IQ types
+(IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS) and the ternary TQ1_0 / TQ2_0.
 
-The mat-vec kernels follow llama.cpp's CPU dot products: activations are quantized per block
-(Q8_0 for Q4_0/Q5_0/Q8_0, Q8_K for Q4_K/Q5_K/Q6_K, see :mod:`.actquant`), each block's dot
+The mat-vec kernels follow llama.cpp's CPU dot products (``ggml_vec_dot_*`` of ggml-cpu):
+activations are converted to the weight type's ``vec_dot_type`` (:data:`VEC_DOT_TYPE`: Q8_0,
+Q8_1, Q8_K, or F16 / BF16 / F32 for float weights, see :mod:`.actquant`), each block's dot
 product is an exact integer sum, then scaled.  ``out[t, r] = Σ_k W[r, k] · x[t, k]``.
 
-Every type has a Numba kernel (multi-threaded over rows) and a NumPy reference
-(:func:`matmul_ref`: float64 over exactly dequantized weights and activations).
+Q4_0, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K have hand-tuned kernels here; the other types' kernels are
+in :mod:`.qkernels`.  Every type has a Numba kernel (multi-threaded over rows) and a NumPy
+reference (:func:`matmul_ref`: float64 over exactly dequantized weights and activations).
 """
 
 from __future__ import annotations
@@ -21,19 +25,60 @@ import numpy as np
 from numba import njit, prange
 
 from engine.errors import ModelError
+from engine.runtime.kernels import qkernels as qk
 from engine.runtime.kernels._config import KERNEL
-from engine.runtime.kernels.actquant import dequant_act, quantize_q8_0, quantize_q8_k
+from engine.runtime.kernels.actquant import (
+    dequant_act,
+    quantize_q8_0,
+    quantize_q8_1,
+    quantize_q8_k,
+    round_bf16,
+    round_f16,
+)
 
 # ggml type ids -> (name, block elements, block bytes)
 QTYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
     2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
     6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
     8: ("Q8_0", 32, 34),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
     12: ("Q4_K", 256, 144),
     13: ("Q5_K", 256, 176),
     14: ("Q6_K", 256, 210),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
 }
-ACT_Q8_K = frozenset({"Q4_K", "Q5_K", "Q6_K"})
+# activation format each weight type's dot product takes (llama.cpp's type_traits_cpu vec_dot_type)
+VEC_DOT_TYPE: dict[str, str] = {
+    name: (
+        name
+        if name in ("F32", "F16", "BF16")
+        else "Q8_1"
+        if name in ("Q4_1", "Q5_1")
+        else "Q8_0"
+        if bk == 32
+        else "Q8_K"
+    )
+    for name, bk, _ in QTYPES.values()
+}
+ACT_Q8_K = frozenset(n for n, v in VEC_DOT_TYPE.items() if v == "Q8_K")
+_FLOATS = frozenset({"F32", "F16", "BF16"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,22 +113,41 @@ def _kscales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, m
 
 
+def _type_name(ggml_type: int) -> str:
+    try:
+        import gguf
+
+        return f"{gguf.GGMLQuantizationType(ggml_type).name} (GGML type {ggml_type})"
+    except (ImportError, ValueError):
+        return f"GGML type {ggml_type}"
+
+
 def repack(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> QWeight:
     """Split GGML blocks (``raw``: the tensor's bytes) into a :class:`QWeight`, bits unchanged."""
     if ggml_type not in QTYPES:
-        raise ModelError(f"no CPU kernel for GGML type {ggml_type}")
+        supported = ", ".join(n for n, _, _ in QTYPES.values())
+        raise ModelError(f"no CPU kernel for weights of type {_type_name(ggml_type)}; supported: {supported}")
     name, bk, bb = QTYPES[ggml_type]
     if cols % bk:
         raise ModelError(f"{name} row of {cols} elements is not a whole number of {bk}-element blocks")
     nb = cols // bk
-    blk = np.asarray(raw, np.uint8).reshape(rows, nb, bb)
+    raw = np.asarray(raw, np.uint8)
+    if raw.size != rows * nb * bb:
+        raise ModelError(f"{name} weight of {rows}x{cols} needs {rows * nb * bb} bytes, got {raw.size}")
+    blk = raw.reshape(rows, nb, bb)
 
     def c(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a).reshape(rows, -1)
 
+    def u16(a: np.ndarray) -> np.ndarray:
+        return c(np.ascontiguousarray(a).view(np.uint16))
+
+    def u32(a: np.ndarray) -> np.ndarray:
+        return c(np.ascontiguousarray(a).view(np.uint32))
+
     if name == "Q8_0":
         fields = (c(blk[:, :, 2:34].view(np.int8)), c(_f16(blk[:, :, 0:2])))
-    elif name == "Q4_0":
+    elif name in ("Q4_0", "IQ4_NL"):
         fields = (c(blk[:, :, 2:18]), c(_f16(blk[:, :, 0:2])))
     elif name == "Q5_0":
         qh = np.ascontiguousarray(blk[:, :, 2:6]).view(np.uint32)[..., 0]
@@ -94,14 +158,98 @@ def repack(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> QWeight:
         fields = (c(qs), c(sc), c(m), c(_f16(blk[:, :, 0:2])), c(_f16(blk[:, :, 2:4])))
         if name == "Q5_K":
             fields = (*fields, c(blk[:, :, 16:48]))
-    else:  # Q6_K
+    elif name == "Q6_K":
         fields = (
             c(blk[:, :, 0:128]),
             c(blk[:, :, 128:192]),
             c(blk[:, :, 192:208].view(np.int8)),
             c(_f16(blk[:, :, 208:210])),
         )
+    else:
+        fields = _repack_more(name, blk, c, u16, u32)
     return QWeight(name, rows, cols, fields)
+
+
+def _q3k_scales(s: np.ndarray) -> np.ndarray:
+    """Q3_K's 16 six-bit scales (..., 12) -> int8 (..., 16), minus 32."""
+    j = np.arange(16)
+    lo = np.where(j < 8, s[..., j % 8] & 0xF, s[..., j % 8] >> 4)
+    hi = (s[..., 8 + j % 4] >> (2 * (j // 4))) & 3
+    return ((lo | (hi << 4)).astype(np.int16) - 32).astype(np.int8)
+
+
+def _repack_more(name: str, blk: np.ndarray, c, u16, u32) -> tuple[np.ndarray, ...]:
+    """Fields of the types whose kernels live in :mod:`.qkernels` (see their argument lists)."""
+    if name == "F32":  # copies: fields never alias the (memory-mapped) file
+        return (c(blk.view(np.float32)).copy(),)
+    if name in ("F16", "BF16"):
+        return (u16(blk).copy(),)
+    if name == "Q4_1":
+        return (c(blk[:, :, 4:20]), c(_f16(blk[:, :, 0:2])), c(_f16(blk[:, :, 2:4])))
+    if name == "Q5_1":
+        return (c(blk[:, :, 8:24]), u32(blk[:, :, 4:8]), c(_f16(blk[:, :, 0:2])), c(_f16(blk[:, :, 2:4])))
+    if name == "MXFP4":
+        # E8M0 exponent -> 2^(e-128) (GGML_E8M0_TO_FP32_HALF), exact in f32 (subnormal for e < 2)
+        e = blk[:, :, 0].astype(np.int32)
+        half = np.ldexp(np.float32(1.0), e - 128).astype(np.float32)
+        return (c(blk[:, :, 1:17]), c(half))
+    if name == "Q2_K":
+        sc = blk[:, :, 0:16]
+        return (
+            c(blk[:, :, 16:80]),
+            c(sc & 0xF),
+            c(sc >> 4),
+            c(_f16(blk[:, :, 80:82])),
+            c(_f16(blk[:, :, 82:84])),
+        )
+    if name == "Q3_K":
+        return (
+            c(blk[:, :, 32:96]),
+            c(blk[:, :, 0:32]),
+            c(_q3k_scales(blk[:, :, 96:108])),
+            c(_f16(blk[:, :, 108:110])),
+        )
+    if name == "IQ4_XS":
+        h = np.ascontiguousarray(blk[:, :, 2:4]).view(np.uint16)[..., 0].astype(np.int32)
+        lo = blk[:, :, 4:8]
+        ib = np.arange(8)
+        ls = ((lo[..., ib // 2] >> (4 * (ib % 2))) & 0xF) | (((h[..., None] >> (2 * ib)) & 3) << 4)
+        return (c(blk[:, :, 8:136]), c((ls - 32).astype(np.int8)), c(_f16(blk[:, :, 0:2])))
+    if name == "TQ1_0":
+        return (c(blk[:, :, 0:48]), c(blk[:, :, 48:52]), c(_f16(blk[:, :, 52:54])))
+    if name == "TQ2_0":
+        return (c(blk[:, :, 0:64]), c(_f16(blk[:, :, 64:66])))
+    d = c(_f16(blk[:, :, 0:2]))
+    if name == "IQ2_XXS":
+        q = blk[:, :, 2:66].reshape(*blk.shape[:2], 8, 8)
+        return (c(q[..., 0:4]), u32(q[..., 4:8]), d * np.float32(0.125))
+    if name == "IQ2_XS":
+        return (u16(blk[:, :, 2:66]), c(blk[:, :, 66:74]), d * np.float32(0.125))
+    if name == "IQ2_S":
+        return (
+            c(blk[:, :, 2:34]),
+            c(blk[:, :, 34:66]),
+            c(blk[:, :, 66:74]),
+            c(blk[:, :, 74:82]),
+            d * np.float32(0.125),
+        )
+    if name == "IQ3_XXS":
+        return (c(blk[:, :, 2:66]), u32(blk[:, :, 66:98]), d * np.float32(0.25))
+    if name == "IQ3_S":
+        return (c(blk[:, :, 2:66]), c(blk[:, :, 66:74]), c(blk[:, :, 74:106]), c(blk[:, :, 106:110]), d)
+    if name == "IQ1_S":
+        return (c(blk[:, :, 2:34]), u16(blk[:, :, 34:50]), d * np.float32(0.125))
+    if name == "IQ1_M":
+        sc = np.ascontiguousarray(blk[:, :, 48:56]).view(np.uint16).astype(np.uint32)
+        bits = (
+            (sc[..., 0] >> 12)
+            | ((sc[..., 1] >> 8) & 0x00F0)
+            | ((sc[..., 2] >> 4) & 0x0F00)
+            | (sc[..., 3] & 0xF000)
+        )
+        dm = bits.astype(np.uint16).view(np.float16).astype(np.float32)
+        return (c(blk[:, :, 0:32]), c(blk[:, :, 32:48]), u16(blk[:, :, 48:56]), c(dm * np.float32(0.125)))
+    raise AssertionError(name)
 
 
 # ============================================================================ dequantize rows
@@ -209,17 +357,58 @@ def dequantize_rows(w: QWeight, r0: int = 0, r1: int | None = None) -> np.ndarra
     """Rows ``r0:r1`` of ``w`` as f32 (the values llama.cpp's dequantizers give)."""
     r1 = w.rows if r1 is None else r1
     f = w.fields
-    if w.qtype == "Q8_0":
+    name = w.qtype
+    if name == "Q8_0":
         return _dq_q8_0(f[0], f[1], r0, r1)
-    if w.qtype == "Q4_0":
+    if name == "Q4_0":
         return _dq_q4_0(f[0], f[1], r0, r1)
-    if w.qtype == "Q5_0":
+    if name == "Q5_0":
         return _dq_q5_0(f[0], f[1], f[2], r0, r1)
-    if w.qtype == "Q4_K":
+    if name == "Q4_K":
         return _dq_qk(f[0], f[1], f[2], f[3], f[4], _NO_QH, False, r0, r1)
-    if w.qtype == "Q5_K":
+    if name == "Q5_K":
         return _dq_qk(f[0], f[1], f[2], f[3], f[4], f[5], True, r0, r1)
-    return _dq_q6_k(f[0], f[1], f[2], f[3], r0, r1)
+    if name == "Q6_K":
+        return _dq_q6_k(f[0], f[1], f[2], f[3], r0, r1)
+    if name == "F32":
+        return f[0][r0:r1].copy()
+    if name in ("IQ4_NL", "MXFP4"):
+        return qk.dq_lut4(f[0], f[1], _lut(name), r0, r1)
+    fn, extra = _MORE[name]
+    return getattr(qk, "dq_" + fn)(*f, *extra(), r0, r1)
+
+
+def _lut(name: str) -> np.ndarray:
+    return qk.KVALUES_IQ4NL if name in ("IQ4_NL", "IQ4_XS") else qk.KVALUES_MXFP4
+
+
+def _grid(name: str):
+    def extra() -> tuple[np.ndarray, ...]:
+        t = qk.tables()
+        if name in ("IQ1_S", "IQ1_M"):
+            return (t["iq1s"],)
+        if name in ("IQ2_S", "IQ3_S"):
+            return (t[name.lower().replace("_", "")], t["sign8"])
+        return (t[name.lower().replace("_", "")], t["sign8"], t["ksigns"])
+
+    return extra
+
+
+# qtype -> (suffix of the qkernels mv_/dq_ kernels, extra arguments after the fields)
+_MORE = {
+    "F16": ("f16", tuple),
+    "BF16": ("bf16", tuple),
+    "Q4_1": ("q4_1", tuple),
+    "Q5_1": ("q5_1", tuple),
+    "Q2_K": ("q2_k", tuple),
+    "Q3_K": ("q3_k", tuple),
+    "IQ4_XS": ("iq4_xs", lambda: (qk.KVALUES_IQ4NL,)),
+    "TQ1_0": ("tq1_0", tuple),
+    "TQ2_0": ("tq2_0", tuple),
+    **{
+        n: (n.lower(), _grid(n)) for n in ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
+    },
+}
 
 
 # ============================================================================ integer mat-vec
@@ -374,11 +563,27 @@ def _mv_q6_k(ql, qh, sc, d, xq, xd, out):
 
 
 def quantize_act(w: QWeight, x: np.ndarray):
-    """Quantize activations ``x`` (n, cols) the way llama.cpp does for a weight of ``w``'s type."""
+    """Convert activations ``x`` (n, cols) the way llama.cpp does for a weight of ``w``'s type:
+    Q8_0 / Q8_K: (codes, scales[, bsums]); Q8_1: (codes, scales, sums); F16 / BF16 / F32: a
+    1-tuple of f32 activations holding the type's rounded values."""
     x = np.ascontiguousarray(x, np.float32)
-    if w.qtype in ACT_Q8_K:
+    vdt = VEC_DOT_TYPE[w.qtype]
+    if vdt == "Q8_K":
         return quantize_q8_k(x)
-    return quantize_q8_0(x)
+    if vdt == "Q8_0":
+        return quantize_q8_0(x)
+    if vdt == "Q8_1":
+        return quantize_q8_1(x)
+    if vdt == "F16":
+        return (round_f16(x),)
+    if vdt == "BF16":
+        return (round_bf16(x),)
+    return (x,)
+
+
+def act_float(act) -> np.ndarray:
+    """The float activations (n, K) that :func:`quantize_act`'s result stands for."""
+    return act[0] if len(act) == 1 else dequant_act(act[0], act[1])
 
 
 def matvec(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) -> np.ndarray:
@@ -388,40 +593,85 @@ def matvec(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) -
     if out is None:
         out = np.empty((n, w.rows), np.float32)
     f = w.fields
-    if w.qtype == "Q8_0":
+    name = w.qtype
+    if name == "Q8_0":
         _mv_q8_0(f[0], f[1], dequant_act(act[0], act[1]), out)
-    elif w.qtype == "Q4_0":
+    elif name == "Q4_0":
         _mv_q4_0(f[0], f[1], act[0], act[1], out)
-    elif w.qtype == "Q5_0":
+    elif name == "Q5_0":
         _mv_q5_0(f[0], f[1], f[2], dequant_act(act[0], act[1]), out)
-    elif w.qtype == "Q4_K":
+    elif name == "Q4_K":
         _mv_qk(f[0], f[1], f[2], f[3], f[4], _NO_QH, False, act[0], act[1], act[2], out)
-    elif w.qtype == "Q5_K":
+    elif name == "Q5_K":
         _mv_qk(f[0], f[1], f[2], f[3], f[4], f[5], True, act[0], act[1], act[2], out)
-    else:
+    elif name == "Q6_K":
         _mv_q6_k(f[0], f[1], f[2], f[3], act[0], act[1], out)
+    elif name == "F32":
+        qk.mv_f32(f[0], act[0], out)
+    elif name in ("IQ4_NL", "MXFP4"):
+        qk.mv_lut4(f[0], f[1], _lut(name), act[0], act[1], out)
+    else:
+        fn, extra = _MORE[name]
+        # activations the kernel takes: float (F16/BF16), codes+scales(+sums / +bsums for Q2_K)
+        a = act if name in ("Q4_1", "Q5_1", "Q2_K", "F16", "BF16") else act[:2]
+        getattr(qk, "mv_" + fn)(*f, *extra(), *a, out)
     return out
 
 
+def _q8_1_correction(w: QWeight, act) -> np.ndarray | None:
+    """Q4_1/Q5_1: llama.cpp adds ``m · s`` per block with ``s = fp16(d·Σq)``, not ``m · d·Σq``:
+    the difference ``Σ_b m_b (s_b - d_b Σq_b)`` (n, rows), or None for other types."""
+    if VEC_DOT_TYPE[w.qtype] != "Q8_1":
+        return None
+    q, d, s = act
+    n = q.shape[0]
+    exact = q.reshape(n, d.shape[1], -1).astype(np.int32).sum(axis=2).astype(np.float64) * d
+    return ((s.astype(np.float64) - exact) @ w.fields[-1].astype(np.float64).T).astype(np.float32)
+
+
 def matmul_dense(w: QWeight, x: np.ndarray, act=None, chunk_rows: int = 16384) -> np.ndarray:
-    """``x @ W.T`` for many rows (prefill): same quantized activations, weights dequantized one
+    """``x @ W.T`` for many rows (prefill): same converted activations, weights dequantized one
     row chunk at a time, f32 BLAS.  Agrees with :func:`matvec` to f32 rounding."""
     act = quantize_act(w, x) if act is None else act
-    xf = dequant_act(act[0], act[1])
+    xf = act_float(act)
     out = np.empty((xf.shape[0], w.rows), np.float32)
     for r0 in range(0, w.rows, chunk_rows):
         r1 = min(w.rows, r0 + chunk_rows)
         np.matmul(xf, dequantize_rows(w, r0, r1).T, out=out[:, r0:r1])
+    corr = _q8_1_correction(w, act)
+    if corr is not None:
+        out += corr
     return out
 
 
-def matmul_ref(w_f32: np.ndarray, qtype: str, x: np.ndarray) -> np.ndarray:
-    """NumPy reference: activations quantized as llama.cpp does, exact float64 products."""
-    from engine.runtime.kernels.actquant import quantize_q8_0_ref, quantize_q8_k_ref
+def matmul_ref(w_f32: np.ndarray, qtype: str, x: np.ndarray, w_min: np.ndarray | None = None) -> np.ndarray:
+    """NumPy reference: activations converted as llama.cpp does, exact float64 products.
+
+    ``w_f32``: the exactly dequantized weights (rows, K).  Q4_1 / Q5_1 also need ``w_min``, the
+    weights' per-block minimum ``m`` (rows, K/32): llama.cpp multiplies it by the activation
+    block sum rounded to fp16 (Q8_1's ``s``), which this reference reproduces."""
+    from engine.runtime.kernels.actquant import (
+        quantize_q8_0_ref,
+        quantize_q8_1_ref,
+        quantize_q8_k_ref,
+        round_bf16_ref,
+        round_f16_ref,
+    )
 
     x = np.ascontiguousarray(x, np.float32)
-    act = quantize_q8_k_ref(x) if qtype in ACT_Q8_K else quantize_q8_0_ref(x)
+    vdt = VEC_DOT_TYPE[qtype]
+    w64 = w_f32.astype(np.float64)
+    if vdt in ("F32", "F16", "BF16"):
+        xf = {"F32": lambda a: a, "F16": round_f16_ref, "BF16": round_bf16_ref}[vdt](x)
+        return (xf.astype(np.float64) @ w64.T).astype(np.float32)
+    act = {"Q8_K": quantize_q8_k_ref, "Q8_0": quantize_q8_0_ref, "Q8_1": quantize_q8_1_ref}[vdt](x)
     n, k = act[0].shape
     bs = k // act[1].shape[1]
     xf = (act[0].reshape(n, -1, bs).astype(np.float64) * act[1][:, :, None]).reshape(n, k)
-    return (xf @ w_f32.astype(np.float64).T).astype(np.float32)
+    out = xf @ w64.T
+    if vdt == "Q8_1":
+        if w_min is None:
+            raise ValueError(f"matmul_ref of {qtype} needs the weights' block minimums (w_min)")
+        sums = act[0].reshape(n, -1, bs).astype(np.int64).sum(axis=2) * act[1].astype(np.float64)
+        out += (act[2].astype(np.float64) - sums) @ np.asarray(w_min, np.float64).T
+    return out.astype(np.float32)
