@@ -31,6 +31,7 @@ def _mib(n: int) -> str:
 class LibraryPage(QWidget):
     model_selected = Signal(object)  # LibraryEntry
     chat_requested = Signal(object)  # LibraryEntry: open it on the chat page
+    convert_requested = Signal(object)  # LibraryEntry: open the Convert dialog for it
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -50,6 +51,10 @@ class LibraryPage(QWidget):
         self.chat_button.setToolTip("Chat with the selected model (or double-click it)")
         self.chat_button.setEnabled(False)
         self.chat_button.clicked.connect(self.request_chat)
+        self.convert_button = QPushButton("Convert…")
+        self.convert_button.setToolTip("Quantize the selected model to another preset")
+        self.convert_button.setEnabled(False)
+        self.convert_button.clicked.connect(self.request_convert)
 
         self.details = QGroupBox("Model")
         self.form = QFormLayout(self.details)
@@ -66,6 +71,7 @@ class LibraryPage(QWidget):
         head = QHBoxLayout()
         head.addWidget(title)
         head.addStretch(1)
+        head.addWidget(self.convert_button)
         head.addWidget(self.chat_button)
         layout.addLayout(head)
         layout.addWidget(split, 1)
@@ -91,6 +97,7 @@ class LibraryPage(QWidget):
     def _on_selection(self) -> None:
         entry = self.selected()
         self.chat_button.setEnabled(entry is not None)
+        self.convert_button.setEnabled(entry is not None)
         if entry is not None:
             self.model_selected.emit(entry)
 
@@ -98,6 +105,11 @@ class LibraryPage(QWidget):
         entry = self.selected()
         if entry is not None:
             self.chat_requested.emit(entry)
+
+    def request_convert(self) -> None:
+        entry = self.selected()
+        if entry is not None:
+            self.convert_requested.emit(entry)
 
     def show_info(self, info: ModelInfo) -> None:
         while self.form.rowCount():
