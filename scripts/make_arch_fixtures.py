@@ -18,6 +18,8 @@ dependency of this script only)
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -269,7 +271,131 @@ def build(
     return out, hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+# ------------------------------------------------------------------ a Hugging Face phi3 folder
+
+HF_PHI3_SEED = 15
+HF_PHI3_VOCAB = 320  # 310 SentencePiece pieces, 4 added tokens, 6 unused ids
+
+
+def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """BF16 safetensors (round to nearest even, as torch does)."""
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        bits = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+        raw = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def _sentencepiece_model(pieces: list[tuple[str, float, int]]) -> bytes:
+    """A minimal SentencePiece ModelProto: the pieces (text, score, type), add_dummy_prefix on."""
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out += bytes([b | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def ld(field: int, payload: bytes) -> bytes:
+        return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+    buf = b""
+    for text, score, typ in pieces:
+        piece = (
+            ld(1, text.encode())
+            + varint(2 << 3 | 5)
+            + struct.pack("<f", score)
+            + varint(3 << 3)
+            + varint(typ)
+        )
+        buf += ld(1, piece)
+    return buf + ld(3, varint(3 << 3) + varint(1))
+
+
+def build_hf_phi3(folder: str | Path) -> Path:
+    """A tiny Phi-3.5-style Hugging Face folder (config.json with longrope scaling, BF16
+    model.safetensors, tokenizer.model, tokenizer_config.json), deterministic from its seed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    e, f, n_layer, nh, nkv, hd, nv = 256, 512, 2, 4, 2, 64, HF_PHI3_VOCAB
+    rng = np.random.default_rng([HF_PHI3_SEED, 1])
+    cfg = {
+        "architectures": ["Phi3ForCausalLM"],
+        "hidden_size": e,
+        "intermediate_size": f,
+        "num_hidden_layers": n_layer,
+        "num_attention_heads": nh,
+        "num_key_value_heads": nkv,
+        "vocab_size": nv,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096,
+        "sliding_window": 262144,
+        "tie_word_embeddings": False,
+        "rope_scaling": {
+            "type": "longrope",
+            "long_factor": np.geomspace(1.0, 40.0, hd // 2).round(4).tolist(),
+            "short_factor": (1.0 + rng.uniform(0.0, 0.5, hd // 2)).round(4).tolist(),
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+
+    def w(shape, std):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w((nv, e), 0.5)}
+    for i in range(n_layer):
+        b = f"model.layers.{i}."
+        t[b + "self_attn.qkv_proj.weight"] = w((nh * hd + 2 * nkv * hd, e), 0.08)
+        t[b + "self_attn.o_proj.weight"] = w((e, nh * hd), 0.05)
+        t[b + "mlp.gate_up_proj.weight"] = w((2 * f, e), 0.05)
+        t[b + "mlp.down_proj.weight"] = w((e, f), 0.05)
+        t[b + "input_layernorm.weight"] = norm(e)
+        t[b + "post_attention_layernorm.weight"] = norm(e)
+    t["model.norm.weight"] = norm(e)
+    t["lm_head.weight"] = w((nv, e), 0.15)
+    _write_safetensors(folder / "model.safetensors", t)
+
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
+    pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    while len(pieces) < 310:
+        i = len(pieces) - 259
+        pieces.append(("\u2581" + letters[i % 26] + letters[(i // 26) % 26], -float(i), 1))
+    (folder / "tokenizer.model").write_bytes(_sentencepiece_model(pieces))
+    added = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>"]
+    tok_cfg = {
+        "bos_token": "<s>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<unk>",
+        "add_bos_token": False,
+        "added_tokens_decoder": {str(310 + j): {"content": a, "special": True} for j, a in enumerate(added)},
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=1))
+    return folder
+
+
+def build_hf_phi3_gguf(folder: str | Path, out: str | Path) -> tuple[Path, str]:
+    """Convert the tiny phi3 folder with Kvant's importer (preset Q8_0); (path, sha256)."""
+    from engine.convert import convert_sync
+
+    path = convert_sync(build_hf_phi3(folder), out, "Q8_0").path
+    return Path(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def token_sequence(arch: str) -> np.ndarray:
+    if arch == "phi3-hf":
+        rng = np.random.default_rng([HF_PHI3_SEED, 99])
+        return rng.integers(3, 310, size=N_TOKENS).astype(np.int32)
     s = SPECS[arch]
     rng = np.random.default_rng([s.seed, 99])
     return rng.integers(3, s.vocab, size=N_TOKENS).astype(np.int32)
@@ -302,9 +428,12 @@ def _llama_cpp(path: Path, arch: str) -> dict[str, np.ndarray]:
 
 def main(argv: list[str]) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    for arch in argv or list(SPECS):
+    for arch in argv or [*SPECS, "phi3-hf"]:
         with tempfile.TemporaryDirectory() as tmp:
-            path, sha = build(arch, Path(tmp) / f"{arch}.gguf")
+            if arch == "phi3-hf":
+                path, sha = build_hf_phi3_gguf(Path(tmp) / "tiny-phi3", Path(tmp) / f"{arch}.gguf")
+            else:
+                path, sha = build(arch, Path(tmp) / f"{arch}.gguf")
             size = path.stat().st_size
             fx = _llama_cpp(path, arch)
         dst = OUT / f"{arch}.npz"

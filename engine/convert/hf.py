@@ -3,7 +3,8 @@
 A folder with ``config.json``, ``tokenizer.json`` and/or ``tokenizer.model``, and one or many
 ``*.safetensors`` (with ``model.safetensors.index.json``; F32, F16 or BF16). Supported:
 ``LlamaForCausalLM`` / ``MistralForCausalLM`` (llama), ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``,
-``Gemma3ForCausalLM`` and the text part of ``Gemma3ForConditionalGeneration`` (gemma3).
+``Phi3ForCausalLM`` (phi3), ``Gemma3ForCausalLM`` and the text part of
+``Gemma3ForConditionalGeneration`` (gemma3).
 
 What convert_hf_to_gguf.py does and this module repeats:
 
@@ -11,6 +12,11 @@ What convert_hf_to_gguf.py does and this module repeats:
 - llama: q_proj / k_proj rows permuted (``LlamaModel.permute``: heads' two rotary halves
   interleaved, as llama.cpp's rope expects); llama-3 rope scaling adds ``rope_freqs.weight``;
 - gemma3: every ``*norm.weight`` gets +1 (Gemma stores norm weights as offsets from 1);
+- phi3 (``Phi3MiniModel``): fused qkv_proj / gate_up_proj kept as they are, context length,
+  original context length, rope dimensions and sliding window (0 when absent) in the metadata;
+  with ``rope_scaling`` (longrope / su / yarn), ``rope_factors_long`` / ``rope_factors_short``
+  tensors and ``rope.scaling.attn_factor``; the SentencePiece tokenizer.model unless the
+  tokenizer class is ``GPT2Tokenizer`` (Phi-4);
 - 1-D tensors are F32; 2-D keep the checkpoint's type (then the preset decides);
 - metadata keys under ``{arch}.``, then the tokenizer: ``gpt2`` BPE from tokenizer.json (tokens,
   token types, merges) or ``llama`` SentencePiece from tokenizer.model (tokens, scores, types;
@@ -42,6 +48,7 @@ ARCHES = {
     "MistralForCausalLM": gguf.MODEL_ARCH.LLAMA,
     "Qwen2ForCausalLM": gguf.MODEL_ARCH.QWEN2,
     "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3,
+    "Phi3ForCausalLM": gguf.MODEL_ARCH.PHI3,
     "Gemma3ForCausalLM": gguf.MODEL_ARCH.GEMMA3,
     "Gemma3ForConditionalGeneration": gguf.MODEL_ARCH.GEMMA3,
 }
@@ -204,6 +211,43 @@ class HFSource:
             t = _HFTensor("rope_freqs.weight", None, "", "F32", (self._head_dim() // 2,))
             t.values = self._llama3_rope_factors(rope)
             self._tensors.insert(0, t)
+        if self.arch == "phi3" and rope:  # generated tensors come first, as convert_hf_to_gguf yields them
+            extra = []
+            for name, values in self._phi3_rope_factors(rope):
+                t = _HFTensor(name, None, "", "F32", values.shape)
+                t.values = values
+                extra.append(t)
+            self._tensors[0:0] = extra
+
+    def _phi3_rope_dims(self) -> int:
+        hp = self.hp
+        rot_pct = float(hp.get("partial_rotary_factor", 1.0))
+        return int(rot_pct * int(hp["hidden_size"])) // int(hp["num_attention_heads"])
+
+    def _phi3_rope_scaling(self, rope: dict) -> tuple[float, str]:
+        """(attn_factor, scaling type) as convert_hf_to_gguf's Phi3MiniModel computes them."""
+        hp = self.hp
+        max_pos = int(hp.get("n_positions") or hp["max_position_embeddings"])
+        orig = int(hp["original_max_position_embeddings"])
+        scale = max_pos / orig
+        kind = str(rope.get("rope_type", rope.get("type", ""))).lower()
+        if kind in ("su", "longrope"):
+            return (math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0), kind
+        if kind == "yarn":
+            return (0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0), kind
+        raise ModelError(f"{self.folder}: phi3 rope_scaling type {kind!r} is not supported")
+
+    def _phi3_rope_factors(self, rope: dict) -> list[tuple[str, np.ndarray]]:
+        self._phi3_rope_scaling(rope)
+        long_f, short_f = rope.get("long_factor"), rope.get("short_factor")
+        if long_f is None or short_f is None:
+            raise ModelError(f"{self.folder}: rope_scaling needs long_factor and short_factor")
+        if len(long_f) != len(short_f) or len(long_f) != self._phi3_rope_dims() / 2:
+            raise ModelError(f"{self.folder}: rope_scaling factors must have rope_dims / 2 entries")
+        return [
+            ("rope_factors_long.weight", np.asarray(long_f, np.float32)),
+            ("rope_factors_short.weight", np.asarray(short_f, np.float32)),
+        ]
 
     def _head_dim(self) -> int:
         hp = self.hp
@@ -291,8 +335,19 @@ class HFSource:
             meta[f"{a}.rope.dimension_count"] = u32(self._head_dim())
         if a == "gemma3" and hp.get("sliding_window"):
             meta[f"{a}.attention.sliding_window"] = u32(hp["sliding_window"])
+        if a == "phi3":
+            max_pos = hp.get("n_positions") or hp["max_position_embeddings"]
+            if "original_max_position_embeddings" not in hp:
+                raise ModelError(f"{self.folder}: config.json has no original_max_position_embeddings")
+            meta[f"{a}.context_length"] = u32(max_pos)
+            meta[f"{a}.rope.scaling.original_context_length"] = u32(hp["original_max_position_embeddings"])
+            meta[f"{a}.rope.dimension_count"] = u32(self._phi3_rope_dims())
+            meta[f"{a}.attention.sliding_window"] = u32(hp.get("sliding_window") or 0)
+            if hp.get("rope_scaling"):
+                attn_factor, _ = self._phi3_rope_scaling(hp["rope_scaling"])
+                meta[f"{a}.rope.scaling.attn_factor"] = f32(attn_factor)
         rope = hp.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type")) in ("linear", "yarn") and "factor" in rope:
+        if a != "phi3" and rope.get("rope_type", rope.get("type")) in ("linear", "yarn") and "factor" in rope:
             meta[f"{a}.rope.scaling.type"] = MetadataValue(V.STRING, rope.get("rope_type", rope.get("type")))
             meta[f"{a}.rope.scaling.factor"] = f32(rope["factor"])
         meta["general.file_type"] = u32(1)
@@ -304,7 +359,8 @@ class HFSource:
         vocab_size = int(self.hp.get("vocab_size", 0))
         spm = self.folder / "tokenizer.model"
         tj = self.folder / "tokenizer.json"
-        if spm.is_file() and (self.arch == "gemma3" or not tj.is_file()):
+        phi3_spm = self.arch == "phi3" and tok_cfg.get("tokenizer_class") != "GPT2Tokenizer"
+        if spm.is_file() and (self.arch == "gemma3" or phi3_spm or not tj.is_file()):
             meta = _sentencepiece_vocab(spm, tok_cfg, vocab_size)
             if self.arch == "gemma3":
                 meta["tokenizer.ggml.add_space_prefix"] = MetadataValue(V.BOOL, False)
