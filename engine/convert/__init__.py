@@ -14,7 +14,10 @@
   ``split.*`` dropped) and data are byte-identical with ``llama_model_quantize`` for the types Kvant
   quantizes (tests/fixtures/convert).
 - Policies (``engine.convert.policy``: ``dynamic-1.58``) and regex overrides (``ffn_down=Q6_K``).
-- Importance matrices in llama.cpp's GGUF and legacy formats (``engine.convert.imatrix``).
+- Importance matrices in llama.cpp's GGUF and legacy formats (``engine.convert.imatrix``), and
+  :func:`compute_imatrix` ``(model, text=None, out=None, n_ctx=512, chunks=None, cancel=None)``: a
+  generator of :class:`ImatrixProgress` returning an :class:`ImatrixResult`, computing one with Kvant's
+  engine as ``llama-imatrix`` does (over :data:`DEFAULT_CALIBRATION_TEXT` by default).
 """
 
 from engine.convert.core import (
@@ -29,13 +32,24 @@ from engine.convert.core import (
     parse_override,
     plan_conversion,
 )
-from engine.convert.imatrix import Imatrix, ImatrixEntry, compute_imatrix, load_imatrix, save_imatrix
+from engine.convert.imatrix import (
+    DEFAULT_CALIBRATION_TEXT,
+    Imatrix,
+    ImatrixEntry,
+    ImatrixProgress,
+    ImatrixResult,
+    compute_imatrix,
+    compute_imatrix_sync,
+    load_imatrix,
+    save_imatrix,
+)
 from engine.convert.policy import POLICIES, Policy
 from engine.convert.rules import FTYPES, resolve_preset
 
 PRESETS = tuple(FTYPES)
 
 __all__ = [
+    "DEFAULT_CALIBRATION_TEXT",
     "FTYPES",
     "POLICIES",
     "PRESETS",
@@ -44,9 +58,12 @@ __all__ = [
     "ConvertResult",
     "Imatrix",
     "ImatrixEntry",
+    "ImatrixProgress",
+    "ImatrixResult",
     "Policy",
     "TensorPlan",
     "compute_imatrix",
+    "compute_imatrix_sync",
     "convert",
     "convert_sync",
     "load_imatrix",
