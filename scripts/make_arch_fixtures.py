@@ -8,8 +8,11 @@ Q8_0 / Q6_K / Q5_K / Q5_0 / Q4_K / Q4_0, norms, biases and rope factors in F32. 
 (llama-cpp-python, 2 threads, n_ctx 128, f16 KV cache: its defaults) evaluates a fixed 64-token
 sequence with every position's logits, and 16 greedy tokens after an 8-token prompt (one token at
 a time).  Stored: ``tokens``, ``logits`` (64, 512) f32, ``prompt``, ``greedy``, ``gguf_sha256``,
-``llama_cpp_version``.  The test (tests/test_models_arch.py) rebuilds the GGUF with the same
-code, checks the hash, and compares Kvant's logits.
+``llama_cpp_version``; for phi3 also ``logits_long_ctx``, the same sequence with n_ctx 8192 (beyond
+the original context, so llama.cpp uses the long rope factors).  ``phi3-hf``: a tiny Hugging Face
+phi3 folder converted by Kvant's importer (Q8_0), the same measurements.  The test
+(tests/test_models_arch.py) rebuilds the GGUF with the same code, checks the hash, and compares
+Kvant's logits.
 
 Run:  python scripts/make_arch_fixtures.py [ARCH ...]   (needs llama-cpp-python, the oracle; a dev
 dependency of this script only)
@@ -43,6 +46,7 @@ N_TOKENS = 64
 N_PROMPT = 8
 N_GREEDY = 16
 THREADS = 2
+LONG_N_CTX = 8192  # phi3: > original context 4096
 
 MT = gguf.MODEL_TENSOR
 K = gguf.Keys
@@ -417,7 +421,13 @@ def _llama_cpp(path: Path, arch: str) -> dict[str, np.ndarray]:
         nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         greedy.append(nxt)
         llm.eval([nxt])
+    extra = {}
+    if arch == "phi3":  # n_ctx beyond rope.scaling.original_context_length: the long rope factors
+        llm = llama_cpp.Llama(str(path), n_ctx=LONG_N_CTX, logits_all=True, n_threads=THREADS, verbose=False)
+        llm.eval(tokens.tolist())
+        extra["logits_long_ctx"] = np.asarray(llm.scores[:N_TOKENS], dtype=np.float32).copy()
     return {
+        **extra,
         "tokens": tokens,
         "logits": logits,
         "prompt": prompt,

@@ -234,6 +234,30 @@ def test_the_comparison_catches_graph_mistakes(case, monkeypatch):
         assert kl_with() > 100 * KL_BAR  # llama.cpp ignores phi3's sliding_window: so must we
 
 
+def test_phi3_long_context_uses_the_long_rope_factors(gguf_dir):
+    """n_ctx 8192 > rope.scaling.original_context_length 4096: llama.cpp switches to
+    rope_factors_long (its logits move by up to 13 from the n_ctx 128 run); so do we, within the
+    same bars (measured: max |Δ| 0.29 (0.107 std), first two positions 3.8e-6, mean KL 1.3e-3,
+    top-1 95.3%)."""
+    import engine
+
+    fx = dict(np.load(FIXTURES / "phi3.npz"))
+    path, sha = _script().build("phi3", gguf_dir / "phi3-long.gguf")
+    assert sha == str(fx["gguf_sha256"])
+    ref = fx["logits_long_ctx"]
+    assert np.abs(ref - fx["logits"]).max() > 1.0  # the long factors really change the result
+    with engine.open_model(path, n_ctx=8192) as model:
+        assert model.net.freq_factors.max() > 30  # rope_factors_long (1 .. 40)
+        ours = model.logits(fx["tokens"])
+    d = np.abs(ours - ref)
+    kl = kl_rows(ref, ours)
+    msg = f"max|Δ| {d.max():.4f}, first {d[:EXACT_POSITIONS].max():.2e}, mean KL {kl.mean():.2e}"
+    assert d[:EXACT_POSITIONS].max() <= EXACT_REL * np.abs(ref[:EXACT_POSITIONS]).max(), msg
+    assert d.max() <= MAXABS_STD * ref.std(), msg
+    assert kl.mean() <= KL_BAR, msg
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= TOP1_BAR, msg
+
+
 # ------------------------------------------------------------------------------- phi3 from Hugging Face
 
 
