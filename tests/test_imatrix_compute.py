@@ -349,3 +349,35 @@ def test_counted_positions_follow_llama_cpp_micro_batches():
     assert m.all()  # micro-batches 512, 512, 476
     assert counted_positions(8, True).sum() == 0  # alone and short: llama.cpp collects nothing
     assert counted_positions(8, False).all()  # packed with other chunks: all collected
+
+
+# --- the command line ----------------------------------------------------------------------------------
+def test_cli_writes_an_imatrix(default_model, tmp_path, capsys):
+    import json
+
+    from engine.cli import run_cli
+
+    out = tmp_path / "m.imatrix.gguf"
+    argv = [
+        "imatrix",
+        str(default_model),
+        "--ctx",
+        "64",
+        "--chunks",
+        "1",
+        "--no-ppl",
+        "-o",
+        str(out),
+        "--json",
+    ]
+    assert run_cli(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["path"] == str(out) and data["n_chunks"] == 1 and data["n_ctx"] == 64
+    assert data["n_entries"] == 126 and data["ppl"] is None
+    im = load_imatrix(out)
+    assert im.datasets == [DEFAULT_CALIBRATION_TEXT.name] and (im.chunk_count, im.chunk_size) == (1, 64)
+    assert all(e.counts.tolist() == [64.0] for e in im.entries.values())
+
+    argv = ["imatrix", str(default_model), "--text", str(tmp_path / "nope.txt"), "-o", str(out), "--json"]
+    assert run_cli(argv) == 1
+    assert "cannot read the calibration text" in json.loads(capsys.readouterr().out)["message"]
