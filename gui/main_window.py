@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QMainWindow,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QStackedWidget,
@@ -30,6 +29,7 @@ from engine.library import DEFAULT_MODEL_ID, Library, LibraryEntry, ensure_defau
 from engine.paths import KvantPaths
 from engine.progress import Progress
 from gui.pages.library import LibraryPage
+from gui.widgets import show_error
 from gui.worker import GeneratorWorker, WorkerPool
 
 
@@ -314,7 +314,7 @@ class MainWindow(QMainWindow):
         self.status_label.setText(f"{title}: {err}")
         if not self.isVisible():
             return
-        QMessageBox.warning(self, title, str(err), QMessageBox.StandardButton.Ok)
+        self.last_error_box = show_error(self, title, str(err))
 
     def closeEvent(self, event) -> None:
         self.save_settings()

@@ -238,15 +238,22 @@ class ScatterChart(QWidget):
         p.setPen(QPen(MODEL, 1.5, Qt.PenStyle.DashLine))
         for a, b in itertools.pairwise(pts):
             p.drawLine(QPointF(px(a.x), py(self._ty(a.y))), QPointF(px(b.x), py(self._ty(b.y))))
-        for pt in pts:
-            c = QPointF(px(pt.x), py(self._ty(pt.y)))
+        centres = [QPointF(px(pt.x), py(self._ty(pt.y))) for pt in pts]
+        for pt, c in zip(pts, centres, strict=True):
             p.setPen(QPen(pal.color(QPalette.ColorRole.Base), 1.5))
             p.setBrush(USED if pt.highlight else MODEL)
             p.drawEllipse(c, 5.5, 5.5)
-            p.setPen(text_colour)
-            w = fm.horizontalAdvance(pt.label)
-            tx = c.x() + 8 if c.x() + 8 + w < plot.right() else c.x() - 8 - w
-            p.drawText(QPointF(tx, c.y() - 6), pt.label)
+        # labels where they do not collide with one already drawn (every point is in the tooltip)
+        p.setPen(text_colour)
+        taken: list[QRectF] = []
+        for pt, c in sorted(zip(pts, centres, strict=True), key=lambda pc: (not pc[0].highlight, pc[0].y)):
+            w, h = fm.horizontalAdvance(pt.label), fm.height()
+            for dx, dy in ((8, -6 - h), (-8 - w, -6 - h), (8, 6), (-8 - w, 6)):
+                r = QRectF(c.x() + dx, c.y() + dy, w, h)
+                if plot.contains(r) and not any(r.intersects(t) for t in taken):
+                    taken.append(r)
+                    p.drawText(r, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, pt.label)
+                    break
 
 
 class Histogram(QWidget):

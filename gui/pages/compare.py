@@ -311,6 +311,9 @@ class ComparePage(QWidget):
         self.table = QTableWidget(0, len(QUANT_COLUMNS))
         self.table.setHorizontalHeaderLabels(QUANT_COLUMNS)
         self._table_style(self.table)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setColumnWidth(0, 230)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         self.table.doubleClicked.connect(lambda _i: self.weight_error())
         self.chart = ScatterChart()
@@ -320,7 +323,7 @@ class ComparePage(QWidget):
         top.addWidget(self.chart)
         top.setStretchFactor(0, 3)
         top.setStretchFactor(1, 2)
-        top.setSizes([620, 420])
+        top.setSizes([680, 360])
 
         self.tensor_table = QTableWidget(0, len(TENSOR_COLUMNS))
         self.tensor_table.setHorizontalHeaderLabels(TENSOR_COLUMNS)
@@ -450,9 +453,9 @@ class ComparePage(QWidget):
             for row, f in enumerate(g.files):
                 is_base = f.path == base.path
                 rec = None if is_base else self.store.latest(f.path, base.path)
-                name = QTableWidgetItem(Path(f.path).name + ("  (reference)" if is_base else ""))
+                name = QTableWidgetItem(Path(f.path).name)
                 name.setData(Qt.ItemDataRole.UserRole, f.path)
-                name.setToolTip(f.path)
+                name.setToolTip(f.path + ("\n(the reference)" if is_base else ""))
                 cells: list[QTableWidgetItem] = [
                     name,
                     QTableWidgetItem(f.type_name),

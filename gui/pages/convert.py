@@ -417,6 +417,7 @@ class ConvertDialog(QDialog):
         self.error = ""
         self._plan_gen = 0
         self._out_edited = False
+        self._measure_after = False
         self._convert_worker: GeneratorWorker | None = None
         self._measure_worker: GeneratorWorker | None = None
         self.setWindowTitle(f"Convert {self.source_path.name}")
@@ -458,7 +459,9 @@ class ConvertDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(self.imatrix_edit, 1)
         row.addWidget(im_button)
-        form.addRow("&Imatrix:", row)
+        label = QLabel("&Imatrix:")
+        label.setBuddy(self.imatrix_edit)
+        form.addRow(label, row)
         self.out_edit = QLineEdit()
         self.out_edit.textEdited.connect(lambda _t: setattr(self, "_out_edited", True))
         out_button = QToolButton()
@@ -468,7 +471,9 @@ class ConvertDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(self.out_edit, 1)
         row.addWidget(out_button)
-        form.addRow("O&utput:", row)
+        label = QLabel("O&utput:")
+        label.setBuddy(self.out_edit)
+        form.addRow(label, row)
         self.predict_label = QLabel("")
         self.predict_label.setWordWrap(True)
         form.addRow("Here:", self.predict_label)
@@ -795,6 +800,7 @@ class ConvertDialog(QDialog):
         )
         worker = GeneratorWorker(factory)
         self._convert_worker = worker
+        self._measure_after = self.measure_check.isChecked() and self.measure_check.isEnabled()
         self.result = None
         self.results.setVisible(False)
         self.progress.setVisible(True)
@@ -839,7 +845,7 @@ class ConvertDialog(QDialog):
         self.progress_label.setText(
             f"Wrote <b>{done.path.name}</b> ({human_size(done.path.stat().st_size)}, "
             f"{done.plan.bits_per_weight:.2f} bits/weight) in {done.seconds:.1f} s "
-            f"({done.mb_per_s:.0f} MB/s of source weights). It is in the library."
+            f"({done.mb_per_s:.1f} MB/s of source weights). It is in the library."
         )
         self.converted.emit(done)
 
@@ -854,7 +860,7 @@ class ConvertDialog(QDialog):
     def _convert_finished(self) -> None:
         worker, self._convert_worker = self._convert_worker, None
         if self.result is not None:
-            if self.measure_check.isChecked() and self.measure_check.isEnabled():
+            if self._measure_after:
                 self._measure()
                 return
             self._set_state("done")

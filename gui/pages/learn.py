@@ -108,7 +108,7 @@ smaller and faster. The Compare page measures exactly this for the quants in you
 
 
 # --- the picture ------------------------------------------------------------------------------------
-def demo_image(width: int = 360, height: int = 240) -> np.ndarray:
+def demo_image(width: int = 440, height: int = 290) -> np.ndarray:
     """A procedural landscape full of smooth gradients (sky, sun, sea, hills): uint8 RGB (h, w, 3)."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     u, v = x / (width - 1), y / (height - 1)
@@ -128,7 +128,8 @@ def demo_image(width: int = 360, height: int = 240) -> np.ndarray:
     sky = np.where(d < 0.075, np.array([1.0, 0.93, 0.70], np.float32), sky)
     # the sea: the sky's colours darkened, with soft ripples
     depth = np.clip((v - horizon) / (1 - horizon), 0, 1)[..., None]
-    ripple = 0.04 * np.sin(u * 90 + 7 * np.sin(v * 40))[..., None] * (1 - depth)
+    d0 = depth[..., 0]
+    ripple = 0.025 * np.sin(v * 260 * (1 - 0.5 * d0) + 2.5 * np.sin(u * 9))[..., None] * (1 - depth)
     sea = sky_low * (0.55 - 0.35 * depth) + np.array([0.05, 0.12, 0.25], np.float32) * depth + ripple
     refl = np.exp(-(((u - sx) / (0.05 + 0.12 * depth[..., 0])) ** 2))[..., None] * (1 - depth) * 0.5
     sea = sea + refl * np.array([1.0, 0.8, 0.45], np.float32)
@@ -513,7 +514,8 @@ class LearnPage(QWidget):
         self.type_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.type_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.type_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.type_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.type_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.type_table.horizontalHeader().setStretchLastSection(True)
         self.type_table.itemSelectionChanged.connect(self._show_histogram)
         self.histogram = Histogram()
         self.error_chart = ScatterChart()
@@ -706,6 +708,7 @@ class LearnPage(QWidget):
             ):
                 t.setItem(row, col, item)
         t.setSortingEnabled(True)
+        t.sortItems(1, Qt.SortOrder.DescendingOrder)
         shape = "×".join(map(str, demo.shape))
         self.tensor_label.setText(
             f"<b>{demo.tensor}</b> of {demo.model} ({shape}, stored as {demo.source_type}): its first "
@@ -718,7 +721,7 @@ class LearnPage(QWidget):
             "RMS error",
             log_y=True,
         )
-        pick = next((i for i, r in enumerate(demo.results) if r.type == "Q4_K"), 0)
+        pick = next((row for row in range(t.rowCount()) if t.item(row, 0).text() == "Q4_K"), 0)
         t.selectRow(pick)
         self._show_histogram()
 
