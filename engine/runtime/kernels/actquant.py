@@ -181,7 +181,8 @@ def quantize_q8_1_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def round_f16_ref(x: np.ndarray) -> np.ndarray:
     """NumPy reference of :func:`round_f16`."""
-    return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond fp16's range: inf, as in C
+        return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
 
 
 def round_bf16_ref(x: np.ndarray) -> np.ndarray:
