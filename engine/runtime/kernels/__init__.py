@@ -1,9 +1,11 @@
 """CPU kernels for the inference runtime: pure functions, each a Numba implementation with a NumPy
 reference that the tests hold it equal to.
 
-- :mod:`.actquant`: activation quantization to Q8_0 / Q8_K, as llama.cpp's CPU backend does;
-- :mod:`.qmatmul`: quantized weights (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) repacked at load, integer
-  mat-vec on the blocks (decode), row-chunk dequantize + BLAS (prefill);
+- :mod:`.actquant`: activation conversion to Q8_0 / Q8_1 / Q8_K / F16 / BF16, as llama.cpp's CPU
+  backend does;
+- :mod:`.qmatmul`: weights of every GGUF type in :data:`QTYPES` (F32, F16, BF16, legacy, K-quants,
+  IQ, TQ, MXFP4) repacked at load, integer mat-vec on the blocks (decode), row-chunk dequantize +
+  BLAS (prefill); :mod:`.qkernels` holds the kernels of the types beyond the original six;
 - :mod:`.ops`: RMSNorm, RoPE (NEOX), GELU-tanh gating, softmax;
 - :mod:`.attention`: attention over a KV cache with an optional sliding window.
 
@@ -11,12 +13,21 @@ Parallel kernels use Numba's threading layer; callers that may launch kernels fr
 threads must serialize launches (the models hold one lock) unless the layer is ``omp`` or ``tbb``.
 """
 
-from engine.runtime.kernels.actquant import dequant_act, quantize_q8_0, quantize_q8_k
+from engine.runtime.kernels.actquant import (
+    dequant_act,
+    quantize_q8_0,
+    quantize_q8_1,
+    quantize_q8_k,
+    round_bf16,
+    round_f16,
+)
 from engine.runtime.kernels.attention import attention, attention_ref
 from engine.runtime.kernels.ops import geglu, rmsnorm, rope_neox, softmax
 from engine.runtime.kernels.qmatmul import (
     QTYPES,
+    VEC_DOT_TYPE,
     QWeight,
+    act_float,
     dequantize_rows,
     matmul_dense,
     matmul_ref,
@@ -27,7 +38,9 @@ from engine.runtime.kernels.qmatmul import (
 
 __all__ = [
     "QTYPES",
+    "VEC_DOT_TYPE",
     "QWeight",
+    "act_float",
     "attention",
     "attention_ref",
     "dequant_act",
@@ -38,9 +51,12 @@ __all__ = [
     "matvec",
     "quantize_act",
     "quantize_q8_0",
+    "quantize_q8_1",
     "quantize_q8_k",
     "repack",
     "rmsnorm",
     "rope_neox",
+    "round_bf16",
+    "round_f16",
     "softmax",
 ]
