@@ -27,6 +27,14 @@ def launch():
         yield launch
 
 
+@pytest.fixture(scope="module")
+def reduce_launch(launch):
+    """Several lanes/threads per row on the simulator too, so the block reductions run."""
+    from engine.runtime.cuda import device as D
+
+    return D.SIM_REDUCE_LAUNCH if launch is D.SIM_LAUNCH else launch
+
+
 def _qweight(qtype: str, rows: int, cols: int, seed: int):
     from engine.quant import quantize
     from engine.runtime.kernels import repack
@@ -81,7 +89,7 @@ def test_activation_quantization_equals_cpu(launch):
     ("qtype", "cols"),
     [("Q4_0", 96), ("Q5_0", 96), ("Q8_0", 96), ("Q4_K", 512), ("Q5_K", 512), ("Q6_K", 512)],
 )
-def test_quantized_products_match_cpu(launch, qtype, cols):
+def test_quantized_products_match_cpu(reduce_launch, qtype, cols):
     from numba import cuda
 
     from engine.runtime.cuda import device as D
@@ -92,9 +100,106 @@ def test_quantized_products_match_cpu(launch, qtype, cols):
     dw = D.DeviceQWeight.upload(D.DeviceArena(0, None, True, None), w)
     for n in (1, 3):  # decode (mat-vec) and a small prefill tile (mat-mat)
         x = _acts(n, cols, seed=n)
-        got = D.matmul(launch, dw, D.quantize(launch, dw.act_type, cuda.to_device(x)))
+        act = D.quantize(reduce_launch, dw.act_type, cuda.to_device(x))
+        got = D.matmul(reduce_launch, dw, act)
         got = got.copy_to_host()
         want = matvec(w, x)
         bound = _product_bound(w, x)
         assert np.all(np.abs(got.astype(np.float64) - want) <= bound), (qtype, n, np.abs(got - want).max())
         assert np.abs(got).max() > 1.0  # not a vacuous comparison
+
+
+def test_rmsnorm_and_residual_equal_cpu(reduce_launch):
+    from numba import cuda
+
+    from engine.runtime.cuda import device as D
+    from engine.runtime.kernels import rmsnorm
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    res = rng.standard_normal((3, 40)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(40)).astype(np.float32)
+    eps = np.float32(1e-6)
+    got = D.rmsnorm(reduce_launch, cuda.to_device(x), cuda.to_device(w), eps).copy_to_host()
+    np.testing.assert_array_equal(got, rmsnorm(x, w, eps))
+    got = D.rmsnorm(reduce_launch, cuda.to_device(x), cuda.to_device(w), eps, res=cuda.to_device(res))
+    np.testing.assert_array_equal(got.copy_to_host(), res + rmsnorm(x, w, eps))
+
+
+def test_rope_scale_and_f16_rounding_match_cpu(reduce_launch):
+    from numba import cuda
+
+    from engine.runtime.cuda import device as D
+    from engine.runtime.kernels import rope_neox
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 16)).astype(np.float32)
+    pos = np.array([0, 7, 1000], np.int64)
+    want = rope_neox(x.copy(), pos, 10000.0, 0.25)
+    got = D.rope(reduce_launch, cuda.to_device(x), cuda.to_device(pos), 10000.0, 0.25).copy_to_host()
+    # cos/sin: float64 rounded to f32 here, the C library's float32 functions on the CPU
+    np.testing.assert_allclose(got, want, rtol=4 * EPS32, atol=4 * EPS32)
+    scale = np.float32(0.125)
+    want = (rope_neox(x.copy(), pos, 1e6, 1.0) * scale).astype(np.float16).astype(np.float32)
+    got = D.rope(reduce_launch, cuda.to_device(x), cuda.to_device(pos), 1e6, 1.0, scale=0.125, round_f16=True)
+    got = got.copy_to_host()
+    assert np.mean(got == want) > 0.99  # a rare 1-ulp f32 difference may flip an f16 rounding
+    np.testing.assert_allclose(got, want, rtol=2**-10)
+
+
+def test_geglu_softcap_argmax_match_cpu(reduce_launch):
+    from numba import cuda
+
+    from engine.runtime.cuda import device as D
+    from engine.runtime.kernels import geglu
+
+    rng = np.random.default_rng(5)
+    gate = (4 * rng.standard_normal((2, 48))).astype(np.float32)
+    gate[0, :4] = [-12.0, 12.0, -10.0, 10.0]  # outside the fp16 table
+    up = rng.standard_normal((2, 48)).astype(np.float32)
+    for table in (True, False):
+        got = D.geglu(reduce_launch, cuda.to_device(gate), cuda.to_device(up), table).copy_to_host()
+        np.testing.assert_array_equal(got, geglu(gate, up, table))
+    logits = (30 * rng.standard_normal((3, 50))).astype(np.float32)
+    logits[1, 7] = logits[1, 30] = logits[1].max() + 1  # a tie: the first index wins
+    c = np.float32(30.0)
+    got = D.softcap(reduce_launch, cuda.to_device(logits), c).copy_to_host()
+    np.testing.assert_allclose(got, np.tanh(logits / c) * c, rtol=2 * EPS32, atol=0)
+    got = D.argmax(reduce_launch, cuda.to_device(logits)).copy_to_host()
+    np.testing.assert_array_equal(got, logits.argmax(axis=1))
+    assert got[1] == 7
+
+
+def test_f16_kv_cache_and_attention_with_window_match_cpu(reduce_launch):
+    from numba import cuda
+
+    from engine.runtime.cuda import device as D
+    from engine.runtime.cuda import kernels as K
+    from engine.runtime.kernels import attention
+    from engine.runtime.kv_cache import KVCache
+
+    rng = np.random.default_rng(6)
+    nh, nkv, d, window = 4, 2, 8, 3
+    cpu = KVCache(16, nkv, d, [window], max_batch=2)  # a ring of 4 slots
+    slots = cpu.slots[0]
+    kc = cuda.to_device(np.zeros((slots, nkv, d), np.uint16))
+    vc = cuda.to_device(np.zeros((slots, nkv, d), np.uint16))
+    sp = cuda.to_device(np.full(slots, -1, np.int64))
+    for pos0 in (0, 2, 4, 6):  # batches of 2: the ring wraps
+        k = rng.standard_normal((2, nkv, d)).astype(np.float32)
+        v = rng.standard_normal((2, nkv, d)).astype(np.float32)
+        q = rng.standard_normal((2, nh, d)).astype(np.float16).astype(np.float32)
+        qpos = np.arange(pos0, pos0 + 2, dtype=np.int64)
+        cpu.write(0, pos0, k, v)
+        K.kv_write[1, 1](cuda.to_device(k), cuda.to_device(v), kc, vc, sp, pos0)
+        kk, vv, spos = cpu.view(0, pos0 + 2)
+        want = attention(q, kk, vv, spos, qpos, window, True)
+        ns = min(slots, pos0 + 2)
+        got = D.attention(
+            reduce_launch, cuda.to_device(q), kc, vc, sp, ns, cuda.to_device(qpos), window, True
+        )
+        np.testing.assert_array_equal(sp.copy_to_host()[:ns], spos)
+        kbits = kc.copy_to_host()[:ns]
+        np.testing.assert_array_equal(kbits.view(np.float16).astype(np.float32), kk)
+        # exp: float64 rounded to f32 here, the C library's expf on the CPU
+        np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-6, atol=1e-6)

@@ -186,6 +186,7 @@ class Gemma3:
         # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
         self.observer: Callable[[str, np.ndarray], None] | None = None
         self._lock = threading.Lock()  # serializes Numba parallel launches from several threads
+        self.gpu = None  # engine.runtime.cuda.gemma3.Gemma3Gpu: the last layers, on GPUs
 
     @classmethod
     def from_gguf(cls, model: GGUFModel, n_ctx: int = 4096, kv_type: str = "f16") -> Gemma3:
@@ -237,6 +238,35 @@ class Gemma3:
     def reset(self) -> None:
         with self._lock:
             self.cache.reset()
+            if self.gpu is not None:
+                self.gpu.truncate(0)
+
+    def offload(self, n_gpu_layers: int, arenas: list, output: bool) -> None:
+        """Move the last ``n_gpu_layers`` layers (and the output layer if ``output``) to GPUs:
+        ``arenas`` gives each of those layers' device (engine.runtime.cuda.device.DeviceArena).
+        Their weights are uploaded once, quantized; their KV cache lives on the device.  Raises
+        engine.runtime.cuda.device.GpuOutOfMemory, leaving the model on the CPU, when they do not
+        fit."""
+        from engine.runtime.cuda.gemma3 import Gemma3Gpu
+
+        p = self.params
+        if not 0 <= n_gpu_layers <= p.n_layer or len(arenas) != n_gpu_layers:
+            raise ModelError(f"cannot offload {n_gpu_layers} of {p.n_layer} layers on {len(arenas)} devices")
+        if output and n_gpu_layers < p.n_layer:
+            raise ModelError("the output layer goes to a GPU only with every layer")
+        if self.gpu is not None or n_gpu_layers == 0:
+            if n_gpu_layers or self.gpu is not None:
+                raise ModelError("this model is already offloaded")
+            return
+        with self._lock:
+            first = p.n_layer - n_gpu_layers
+            self.gpu = Gemma3Gpu(self, first, arenas, output)
+            # the GPU layers' host weights and KV cache are no longer needed
+            self.layers = self.layers[:first]
+            windows = [p.window(i) for i in range(first)]
+            self.cache = KVCache(
+                self.n_ctx, p.n_head_kv, p.head_dim, windows, self.cache.max_batch, self.cache.dtype
+            )
 
     def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
@@ -261,6 +291,8 @@ class Gemma3:
                     f"n_ctx={self.n_ctx}; reset the model or load it with a larger n_ctx"
                 )
             self.cache.truncate(start_pos)
+            if self.gpu is not None:
+                self.gpu.truncate(start_pos)
             outs = []
             step = self.cache.max_batch
             for b0 in range(0, n, step):
@@ -328,6 +360,10 @@ class Gemma3:
             f = _mm(L.w_down, f)
             x = x + rmsnorm(f, L.post_ffw_norm, eps)
         self.cache.n_past = pos0 + n
+        if self.gpu is not None:
+            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer)
+            if done:
+                return x
         if skip_logits:
             return None
         if last_only:

@@ -35,6 +35,7 @@ class Model:
         tokenizer: Tokenizer,
         template: ChatTemplate,
         load_seconds: float,
+        offload: Any = None,
     ) -> None:
         self.path = path
         self._gguf = gguf
@@ -44,6 +45,8 @@ class Model:
         self.load_seconds = load_seconds
         self.info: ModelInfo = model_info(gguf)
         self._cached: list[int] = []  # the tokens in the KV cache, in order
+        # engine.runtime.cuda.OffloadInfo: GPU layers, devices, or why offload is unavailable
+        self.offload = offload
 
     # --- text ------------------------------------------------------------------------------
     @property
@@ -124,6 +127,9 @@ class Model:
         )
 
     def close(self) -> None:
+        gpu = getattr(self.net, "gpu", None)
+        if gpu is not None:
+            gpu.close()  # device memory goes back when the arrays are dropped
         self._gguf.close()
 
     def __enter__(self) -> Model:
@@ -150,12 +156,18 @@ def open_model(
     """Open a GGUF model for inference (weights stay memory-mapped).
 
     ``progress`` receives :class:`Progress` events while loading; ``cancel`` stops the load
-    between steps with :class:`Cancelled`. ``n_gpu_layers`` other than 0 needs the GPU backend.
+    between steps with :class:`Cancelled`.
+
+    ``n_gpu_layers``: how many layers run on NVIDIA GPUs (the last ones; with every layer, the
+    output layer too when it fits), ``"all"``, or ``"auto"`` (the most that fit in free VRAM with
+    the planner's margin).  Without numba-cuda (``pip install 'kvant[cuda]'``), a GPU or a recent
+    enough driver the model runs on the CPU; ``Model.offload`` (:class:`engine.runtime.cuda.OffloadInfo`)
+    says what was chosen or why offload is unavailable, and the progress events say it too.
     """
     from engine.models import load_model  # heavy: Numba kernels
+    from engine.runtime.cuda.offload import OffloadInfo, offload_model, parse_gpu_layers
 
-    if n_gpu_layers not in (0, None):
-        raise ModelError("GPU offload is not available yet: open the model with n_gpu_layers=0")
+    requested = parse_gpu_layers(n_gpu_layers)
     if threads is not None:
         if threads < 1:
             raise ModelError(f"threads must be at least 1, not {threads}")
@@ -163,13 +175,15 @@ def open_model(
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
-    steps = ("reading the header", "tokenizer", "weights and kernels", "ready")
+    steps = ["reading the header", "tokenizer", "weights and kernels", "ready"]
+    if requested != 0:
+        steps.insert(3, "GPU offload")
 
-    def step(i: int) -> None:
+    def step(i: int, message: str | None = None) -> None:
         if cancel is not None and cancel.cancelled:
             raise Cancelled("loading the model was cancelled")
         if progress is not None:
-            progress(Progress("load", i, len(steps) - 1, steps[i]))
+            progress(Progress("load", i, len(steps) - 1, message or steps[i]))
 
     path = Path(path)
     step(0)
@@ -180,8 +194,13 @@ def open_model(
         template = ChatTemplate.from_gguf(gguf)
         step(2)
         net = load_model(gguf, n_ctx=n_ctx)
-        step(3)
+        offload = OffloadInfo(0, int(getattr(getattr(net, "params", None), "n_layer", 0)))
+        if requested != 0:
+            step(3)
+            offload = offload_model(net, gguf, requested, n_ctx, log=lambda m: step(3, m))
+            step(3, offload.message())
+        step(len(steps) - 1)
     except BaseException:
         gguf.close()
         raise
-    return Model(path, gguf, net, tokenizer, template, time.perf_counter() - t0)
+    return Model(path, gguf, net, tokenizer, template, time.perf_counter() - t0, offload)

@@ -1,0 +1,24 @@
+"""GPU offload with numba-cuda: the last layers of a model (and its output layer, when everything
+fits) run on NVIDIA GPUs, the rest on the CPU; only activations move per token.
+
+- :func:`availability`: can it run here, and if not, why (numba-cuda missing, no GPU, old driver);
+- :func:`offload_model` / :class:`OffloadInfo`: how many layers go where (``n_gpu_layers`` a count,
+  ``"all"`` or ``"auto"`` from the planner), out-of-memory retries;
+- :mod:`.kernels` (CUDA kernels), :mod:`.device` (device memory, launches), :mod:`.gemma3` (layers).
+
+Importing this package does not import CUDA; :mod:`.device` and the kernels import ``numba.cuda``.
+"""
+
+from engine.runtime.cuda.backend import INSTALL_HINT, CudaAvailability, CudaDevice, availability
+from engine.runtime.cuda.offload import OffloadInfo, offload_model, parse_gpu_layers, split_slots
+
+__all__ = [
+    "INSTALL_HINT",
+    "CudaAvailability",
+    "CudaDevice",
+    "OffloadInfo",
+    "availability",
+    "offload_model",
+    "parse_gpu_layers",
+    "split_slots",
+]

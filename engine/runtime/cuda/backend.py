@@ -115,8 +115,6 @@ def availability(nvml: Any = None) -> CudaAvailability:
     """Can layers run on a GPU here?  Never raises; ``nvml`` is for tests (see engine.hardware)."""
     if _sim_requested():
         return _simulated()
-    if _loaded_simulator():
-        return CudaAvailability(False, "the CUDA simulator is loaded but NUMBA_ENABLE_CUDASIM is not set")
     from engine.hardware import detect_gpus
 
     scan = detect_gpus(nvml)
@@ -134,6 +132,10 @@ def availability(nvml: Any = None) -> CudaAvailability:
         )
     if importlib.util.find_spec("numba_cuda") is None:
         return CudaAvailability(False, f"numba-cuda is not installed ({INSTALL_HINT})", driver_cuda=driver)
+    if _loaded_simulator():
+        return CudaAvailability(
+            False, "the CUDA simulator is loaded but NUMBA_ENABLE_CUDASIM is not set", driver_cuda=driver
+        )
     notes: list[str] = []
     try:
         cuda = cuda_module(False)

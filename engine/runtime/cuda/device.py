@@ -51,8 +51,11 @@ class Launch:
 
 
 GPU_LAUNCH = Launch(lanes=32, rows_per_block=4, row_threads=128, elem_threads=256, max_blocks=1 << 16)
-# The simulator runs each thread as a Python thread: one small block, same grid-stride code.
-SIM_LAUNCH = Launch(lanes=2, rows_per_block=2, row_threads=2, elem_threads=2, max_blocks=1)
+# The simulator runs each thread as a Python thread (and makes barriers costly): one small block,
+# one lane per row, same grid-stride code.  The kernel tests also run the lane reductions with
+# SIM_REDUCE_LAUNCH.
+SIM_LAUNCH = Launch(lanes=1, rows_per_block=4, row_threads=1, elem_threads=1, max_blocks=1)
+SIM_REDUCE_LAUNCH = Launch(lanes=2, rows_per_block=2, row_threads=2, elem_threads=2, max_blocks=1)
 
 
 def _is_oom(err: BaseException) -> bool:

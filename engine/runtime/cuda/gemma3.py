@@ -1,0 +1,247 @@
+"""Gemma 3 layers on the GPU: the last layers of a :class:`engine.models.gemma3.Gemma3` (and, when
+all of them are there, the output layer), their weights uploaded once as quantized blocks, their KV
+cache on the device in fp16.  Per forward only activations move: the hidden state of the batch goes
+up after the CPU layers (and between GPUs), and the logits (or the hidden state) come back.
+
+The graph is the CPU one, op for op (see engine/models/gemma3.py), with the CUDA kernels of
+:mod:`engine.runtime.cuda.kernels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import cuda
+
+from engine.runtime.cuda import device as D
+from engine.runtime.cuda import kernels as K
+
+
+@dataclass(eq=False)
+class _DeviceLayer:
+    il: int
+    arena: D.DeviceArena
+    attn_norm: Any
+    wq: D.DeviceQWeight
+    wk: D.DeviceQWeight
+    wv: D.DeviceQWeight
+    q_norm: Any
+    k_norm: Any
+    wo: D.DeviceQWeight
+    post_attn_norm: Any
+    ffn_norm: Any
+    w_gate: D.DeviceQWeight
+    w_up: D.DeviceQWeight
+    w_down: D.DeviceQWeight
+    post_ffw_norm: Any
+    kc: Any
+    vc: Any
+    slot_pos: Any
+    window: int
+
+
+class Gemma3Gpu:
+    """Layers ``first_layer .. n_layer-1`` of ``model`` on the GPUs of ``arenas`` (one arena per
+    GPU layer, consecutive layers on the same device), plus the output layer if ``output``."""
+
+    def __init__(self, model: Any, first_layer: int, arenas: list[D.DeviceArena], output: bool) -> None:
+        p = model.params
+        self.params = p
+        self.first_layer = first_layer
+        self.n_ctx = model.n_ctx
+        self.round_f16 = model.cache.round_f16
+        self.fp16_gelu = model.fp16_gelu
+        self.layers: list[_DeviceLayer] = []
+        self.arenas = list(dict.fromkeys(arenas))
+        self.n_past = 0
+        try:
+            self._upload(model, first_layer, arenas, output)
+        except D.GpuOutOfMemory as err:
+            err.loaded_layers = len(self.layers)
+            self.close()
+            raise
+
+    def _upload(self, model: Any, first_layer: int, arenas: list[D.DeviceArena], output: bool) -> None:
+        p = self.params
+        max_batch = model.cache.max_batch
+        self.output = None
+        for il, arena in zip(range(first_layer, p.n_layer), arenas, strict=True):
+            L = model.layers[il]
+            with arena.on(), arena.loading(f"layer {il}"):
+                w = p.window(il)
+                slots = self.n_ctx if w <= 0 else min(self.n_ctx, w + max_batch - 1)
+
+                def up(a, arena=arena):
+                    return arena.upload(np.asarray(a, np.float32))
+
+                def qw(wt, arena=arena):
+                    return D.DeviceQWeight.upload(arena, wt)
+
+                layer = _DeviceLayer(
+                    il=il,
+                    arena=arena,
+                    attn_norm=up(L.attn_norm),
+                    wq=qw(L.wq),
+                    wk=qw(L.wk),
+                    wv=qw(L.wv),
+                    q_norm=up(L.q_norm),
+                    k_norm=up(L.k_norm),
+                    wo=qw(L.wo),
+                    post_attn_norm=up(L.post_attn_norm),
+                    ffn_norm=up(L.ffn_norm),
+                    w_gate=qw(L.w_gate),
+                    w_up=qw(L.w_up),
+                    w_down=qw(L.w_down),
+                    post_ffw_norm=up(L.post_ffw_norm),
+                    kc=arena.empty((slots, p.n_head_kv, p.head_dim), np.uint16),
+                    vc=arena.empty((slots, p.n_head_kv, p.head_dim), np.uint16),
+                    slot_pos=arena.upload(np.full(slots, -1, np.int64)),
+                    window=w,
+                )
+                self.layers.append(layer)
+        if output:
+            arena = arenas[-1] if arenas else None
+            if arena is None:
+                raise ValueError("the output layer goes on the GPU of the last layer")
+            with arena.on(), arena.loading("the output layer"):
+                self.output = (D.DeviceQWeight.upload(arena, model.tok_embd), arena.upload(model.output_norm))
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def nbytes(self) -> dict[int, int]:
+        return {a.index: a.allocated for a in self.arenas}
+
+    def truncate(self, n_past: int) -> None:
+        """Forget positions >= ``n_past`` in every GPU layer's cache."""
+        if n_past < self.n_past:
+            for L in self.layers:
+                with L.arena.on():
+                    n = L.slot_pos.shape[0]
+                    launch = L.arena.launch
+                    K.kv_truncate[D._blocks(n, launch.elem_threads, launch), launch.elem_threads](
+                        L.slot_pos, n_past
+                    )
+        self.n_past = n_past
+
+    def close(self) -> None:
+        self.layers.clear()
+        self.output = None
+
+    # ------------------------------------------------------------------ the graph
+
+    def forward(
+        self,
+        x: np.ndarray,
+        pos0: int,
+        last_only: bool,
+        want_logits: bool,
+        see: Callable[[str, np.ndarray], None] | None,
+    ) -> tuple[np.ndarray, bool]:
+        """Run the GPU layers on the hidden state ``x`` (n, n_embd) of positions ``pos0 ..``.
+        Returns (logits, True) when the output layer is here and ``want_logits``, else
+        (hidden state, False) for the CPU to finish.  ``last_only``: only the last row leaves the
+        last layer (as on the CPU)."""
+        self.truncate(pos0)
+        n = x.shape[0]
+        positions = np.arange(pos0, pos0 + n, dtype=np.int64)
+        out: np.ndarray | None = None
+        logits = False
+        i = 0
+        while i < len(self.layers):
+            arena = self.layers[i].arena
+            j = i
+            while j < len(self.layers) and self.layers[j].arena is arena:
+                j += 1
+            with arena.on():
+                dx = cuda.to_device(np.ascontiguousarray(x, np.float32))
+                dpos = cuda.to_device(positions)
+                for L in self.layers[i:j]:
+                    dx = self._layer(L, dx, dpos, pos0, last_only, see)
+                if j == len(self.layers) and self.output is not None and want_logits:
+                    out = self._output(arena, dx, last_only, see)
+                    logits = True
+                else:
+                    x = dx.copy_to_host()
+            i = j
+        self.n_past = pos0 + n
+        return (out, True) if logits else (x, False)
+
+    def _layer(self, L: _DeviceLayer, x, positions, pos0: int, last_only: bool, see):
+        p = self.params
+        lc = L.arena.launch
+        n = x.shape[0]
+        eps = np.float32(p.eps)
+        il = L.il
+
+        def look(name: str, a) -> None:
+            if see is not None:
+                see(name, a.copy_to_host())
+
+        h = D.rmsnorm(lc, x, L.attn_norm, eps)
+        if see is not None:
+            for t in ("attn_q", "attn_k", "attn_v"):
+                look(f"blk.{il}.{t}.weight", h)
+        acts: dict[str, Any] = {}
+
+        def act(w: D.DeviceQWeight, a, cache: dict[str, Any]):
+            if w.act_type not in cache:
+                cache[w.act_type] = D.quantize(lc, w.act_type, a)
+            return cache[w.act_type]
+
+        q = D.matmul(lc, L.wq, act(L.wq, h, acts))
+        k = D.matmul(lc, L.wk, act(L.wk, h, acts))
+        v = D.matmul(lc, L.wv, act(L.wv, h, acts))
+        q = D.rmsnorm(lc, q.reshape(n * p.n_head, p.head_dim), L.q_norm, eps).reshape(n, p.n_head, p.head_dim)
+        k = D.rmsnorm(lc, k.reshape(n * p.n_head_kv, p.head_dim), L.k_norm, eps).reshape(
+            n, p.n_head_kv, p.head_dim
+        )
+        v = v.reshape(n, p.n_head_kv, p.head_dim)
+        base, fscale = p.rope(il)
+        D.rope(lc, q, positions, base, fscale, scale=p.attn_scale, round_f16=self.round_f16)
+        D.rope(lc, k, positions, base, fscale)
+        total = n * p.n_head_kv * p.head_dim
+        K.kv_write[D._blocks(total, lc.elem_threads, lc), lc.elem_threads](k, v, L.kc, L.vc, L.slot_pos, pos0)
+        ns = min(L.kc.shape[0], pos0 + n)
+        a = D.attention(lc, q, L.kc, L.vc, L.slot_pos, ns, positions, L.window, self.round_f16)
+        a = a.reshape(n, p.n_head * p.head_dim)
+        look(f"blk.{il}.attn_output.weight", a)
+        a = D.matmul(lc, L.wo, D.quantize(lc, L.wo.act_type, a))
+        if last_only and il == p.n_layer - 1:
+            a, x = a[n - 1 :], x[n - 1 :]
+        x = D.rmsnorm(lc, a, L.post_attn_norm, eps, res=x)
+        h = D.rmsnorm(lc, x, L.ffn_norm, eps)
+        if see is not None:
+            look(f"blk.{il}.ffn_gate.weight", h)
+            look(f"blk.{il}.ffn_up.weight", h)
+        acts = {}
+        f = D.geglu(
+            lc,
+            D.matmul(lc, L.w_gate, act(L.w_gate, h, acts)),
+            D.matmul(lc, L.w_up, act(L.w_up, h, acts)),
+            self.fp16_gelu,
+        )
+        look(f"blk.{il}.ffn_down.weight", f)
+        f = D.matmul(lc, L.w_down, D.quantize(lc, L.w_down.act_type, f))
+        return D.rmsnorm(lc, f, L.post_ffw_norm, eps, res=x)
+
+    def _output(self, arena: D.DeviceArena, x, last_only: bool, see) -> np.ndarray:
+        p = self.params
+        lc = arena.launch
+        if last_only and x.shape[0] > 1:
+            x = x[x.shape[0] - 1 :]
+        tok_embd, norm = self.output
+        x = D.rmsnorm(lc, x, norm, np.float32(p.eps))
+        if see is not None:
+            see("token_embd.weight", x.copy_to_host())
+        logits = D.matmul(lc, tok_embd, D.quantize(lc, tok_embd.act_type, x))
+        if p.final_softcap > 0:
+            D.softcap(lc, logits, p.final_softcap)
+        return logits.copy_to_host()
