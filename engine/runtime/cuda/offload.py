@@ -209,8 +209,8 @@ def offload_model(
         except GpuOutOfMemory as err:
             _flush(av)
             loaded = getattr(err, "loaded_layers", 0)
-            # first drop the output layer; then keep what fitted, less one layer for activations
-            new = n_layer if output else min(slots - 1, max(0, loaded - 1))
+            # first drop the output layer; then keep the layers that fitted
+            new = n_layer if output else min(slots - 1, loaded)
             msg = f"{err}; retrying with {new} layers on the GPU"
             notes.append(msg)
             if log is not None:
