@@ -250,12 +250,13 @@ def counted_positions(n_ctx: int, alone: bool) -> np.ndarray:
     """Which positions of a chunk llama-imatrix adds to the sums (a bool mask of ``n_ctx``).
 
     Its collector skips every mat-mul over fewer than :data:`MIN_ROWS` tokens, and llama.cpp runs a
-    batch in micro-batches of :data:`LLAMA_N_UBATCH`. A chunk evaluated ``alone`` in its batch (always
-    when ``n_ctx > LLAMA_N_BATCH // 2``; otherwise only a last, odd chunk) is cut into batches of
-    ``min(LLAMA_N_BATCH, n_ctx)`` tokens and those into micro-batches of 512 from its start, so a
-    short tail micro-batch (e.g. the last 6 tokens with ``n_ctx=1030``) is not counted. Chunks that
-    share a batch are split evenly across sequences, which leaves no micro-batch that short for any
-    context size of 16 or more but a few odd ones (such as 515), which this does not model.
+    batch in micro-batches of :data:`LLAMA_N_UBATCH`. A chunk evaluated ``alone`` in its batch
+    (always when ``n_ctx > LLAMA_N_BATCH // 2``; otherwise only a last chunk left alone in its
+    batch) is cut into batches of ``min(LLAMA_N_BATCH, n_ctx)`` tokens and those into micro-batches
+    of 512 from its start, so a short tail micro-batch (e.g. the last 6 tokens with ``n_ctx=1030``)
+    is not counted. Chunks that share a batch are split evenly across sequences; for a few odd
+    context sizes (such as 515) that may leave a tail micro-batch under 16 tokens, which llama.cpp
+    skips and this does not model (all positions count).
     """
     mask = np.ones(n_ctx, dtype=bool)
     if not alone:
