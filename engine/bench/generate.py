@@ -47,6 +47,8 @@ class GenerateBench:
     kvant: EngineSpeed
     llamacpp: EngineSpeed | None
     llamacpp_version: str | None
+    n_gpu_layers: int | str = 0  # as requested
+    gpu: dict[str, Any] | None = None  # engine.runtime.cuda.OffloadInfo.to_dict(): what ran where, or why not
 
     def ratios(self) -> dict[str, float] | None:
         if self.llamacpp is None:
@@ -77,9 +79,13 @@ def bench_generate(
     n_gen: int = 128,
     threads: int | None = None,
     vs_llamacpp: bool = False,
+    n_gpu_layers: int | str = 0,
     cancel: CancelToken | None = None,
 ) -> Iterator[Progress]:
-    """Measure load, prefill (one ``n_prompt`` batch) and greedy decode (``n_gen`` tokens)."""
+    """Measure load, prefill (one ``n_prompt`` batch) and greedy decode (``n_gen`` tokens).
+
+    ``n_gpu_layers`` offloads layers to NVIDIA GPUs as :func:`engine.open_model` does; the result
+    records what was offloaded (or why nothing was), and llama.cpp gets the same layer count."""
     import numba
 
     import engine
@@ -89,8 +95,11 @@ def bench_generate(
     n_ctx = n_prompt + n_gen + 8
     yield Progress("bench", 0, 4, "loading")
     t0 = time.perf_counter()
-    model = engine.open_model(path, n_ctx=n_ctx, threads=threads)
+    model = engine.open_model(path, n_ctx=n_ctx, threads=threads, n_gpu_layers=n_gpu_layers)
     load_s = time.perf_counter() - t0
+    offload = model.offload
+    if n_gpu_layers not in (0, None):
+        yield Progress("bench", 0, 4, offload.message())
     try:
         net = model.net
         ids = np.asarray(prompt_ids(model.tokenize, n_prompt), np.int32)
@@ -123,16 +132,42 @@ def bench_generate(
         if cancel is not None:
             cancel.raise_if_cancelled()
         yield Progress("bench", 3, 4, "llama.cpp")
-        theirs = _bench_llamacpp(path, ids.tolist(), n_gen, n_ctx, threads)
+        ngl = 0
+        if offload is not None and offload.n_gpu_layers:
+            ngl = offload.n_gpu_layers + (1 if offload.output_on_gpu else 0)
+        theirs = _bench_llamacpp(path, ids.tolist(), n_gen, n_ctx, threads, ngl)
     yield Progress("bench", 4, 4, "done")
     return GenerateBench(
-        str(path), path.stat().st_size / 1e6, threads, len(ids), n_gen, ours, theirs, version
+        str(path),
+        path.stat().st_size / 1e6,
+        threads,
+        len(ids),
+        n_gen,
+        ours,
+        theirs,
+        version,
+        n_gpu_layers,
+        None if offload is None else offload.to_dict(),
     )
 
 
-def _bench_llamacpp(path: Path, ids: list[int], n_gen: int, n_ctx: int, threads: int) -> EngineSpeed:
+def _bench_llamacpp(
+    path: Path, ids: list[int], n_gen: int, n_ctx: int, threads: int, n_gpu_layers: int = 0
+) -> EngineSpeed:
     t0 = time.perf_counter()
-    llm = llamacpp.open_llama(path, n_ctx, threads)
+    if n_gpu_layers:  # llama.cpp counts the output layer as one more layer
+        import llama_cpp
+
+        llm = llama_cpp.Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=n_gpu_layers,
+            verbose=False,
+        )
+    else:
+        llm = llamacpp.open_llama(path, n_ctx, threads)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     llm.eval(ids[:8])

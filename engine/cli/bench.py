@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--vs-llamacpp", action="store_true", help="model: run llama.cpp side by side")
+    p.add_argument(
+        "--n-gpu-layers",
+        default="0",
+        help="model: layers on NVIDIA GPUs (a number, 'all' or 'auto'; needs pip install 'kvant[cuda]')",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from engine.bench import bench_generate
+    from engine.runtime.cuda import parse_gpu_layers
 
     path = resolve_model(args.target, KvantPaths.default())
     res = drive(
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             n_gen=args.gen_tokens,
             threads=args.threads,
             vs_llamacpp=args.vs_llamacpp,
+            n_gpu_layers=parse_gpu_layers(args.n_gpu_layers),
         ),
         args,
     )
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"{path.name} ({res.file_mb:.0f} MB), {res.threads} threads, "
         f"prompt {res.n_prompt}, decode {res.n_gen}",
+        *([res.gpu["message"]] if res.gpu and res.n_gpu_layers not in (0, None) else []),
         "",
         "| engine | load s | warm-up s | prefill tok/s | decode tok/s | first token s | peak RSS MB |",
         "|---|---|---|---|---|---|---|",

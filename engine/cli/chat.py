@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ctx", type=int, default=4096, help="context window in tokens (default 4096)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--n-gpu-layers",
+        default="0",
+        help="layers on NVIDIA GPUs: a number, 'all' or 'auto' (needs pip install 'kvant[cuda]')",
+    )
     p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -97,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model(args.model, KvantPaths.default())
     if not args.json:
         print(f"Loading {path.name}…", file=sys.stderr)
-    model = open_model(path, n_ctx=args.ctx, threads=args.threads)
+    model = open_model(path, n_ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+    if not args.json and model.offload is not None and model.offload.requested not in (0, None):
+        print(model.offload.message(), file=sys.stderr)
     cancel = CancelToken()
     messages = [{"role": "system", "content": args.system}] if args.system else []
     try:
@@ -105,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             messages.append({"role": "user", "content": args.prompt})
             text, done = _answer(model, messages, args, args.raw, cancel, stream=not args.json)
             if args.json:
-                emit(args, {"model": str(path), "text": text, **_stats(done)}, "")
+                gpu = model.offload.to_dict() if model.offload is not None else None
+                emit(args, {"model": str(path), "text": text, **_stats(done), "gpu": gpu}, "")
             else:
                 sys.stdout.write("\n")
                 print(_stats_line(done), file=sys.stderr)
