@@ -76,7 +76,7 @@ class LlamaMatVec:
     def setup(self, tid: int, raw: np.ndarray, x: np.ndarray):
         b = self.lc.base
         rows, cols = raw.shape[0], x.shape[0]
-        mem = raw.nbytes + 4 * (cols + rows) + b.ggml_graph_overhead() + (8 << 20)
+        mem = 2 * raw.nbytes + 4 * (cols + rows) + b.ggml_graph_overhead() + (16 << 20)
         ctx = b.ggml_init(_InitParams(mem, None, False))
         w = b.ggml_new_tensor_2d(ctx, tid, cols, rows)
         v = b.ggml_new_tensor_2d(ctx, 0, cols, 1)
