@@ -16,7 +16,7 @@ the same float operations in the same order, so prefill and decode logits stay i
   loop.  Two rows share every activation load; the 2 × 16 × 64-token accumulator tile lives on the
   stack (:func:`_stack_f32`) so that LLVM knows it aliases nothing and vectorizes the token loop
   with no run-time checks (Numba's heap arrays would need them, and Numba runs no SLP vectorizer).
-- Q8_0: ``matvec``'s own kernel.  Its 32 lanes per row fit in two zmm registers, so it does not
+- Q8_0: ``matvec``'s own kernel at every size.  Its 32 lanes per row fit in two zmm registers, so it does not
   re-read accumulators; the same token-tiled scheme as Q5_0 (1 MAC per accumulator update instead
   of 2) measured 0.4-0.7x of it, so prefill keeps it (identical by construction).
 - Q4_0, Q4_K, Q5_K, Q6_K (``matvec`` forms an exact integer sum per block, then one scalar float
@@ -25,6 +25,9 @@ the same float operations in the same order, so prefill and decode logits stay i
   block's integer sum is one long int16 × int8 reduction (``vpmaddwd`` / ``vpdpwssd``) with one
   horizontal sum per block instead of per 16/32 elements; the integer sum is exact whatever the
   order, and the float update is ``matvec``'s expression.
+
+Below :data:`MATVEC_BELOW` tokens (a few; 16 for Q5_0, whose tiles are 64 tokens) ``qgemm`` runs
+``matvec``'s kernel, so it can be called for any token count.
 
 Memory: per-thread scratch of a few row blocks (kilobytes to ~64 KB) plus one transposed copy of
 the (dequantized) activations; weights are never dequantized as a whole.
@@ -39,13 +42,17 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from engine.runtime.kernels._config import KERNEL
-from engine.runtime.kernels.actquant import dequant_act
-from engine.runtime.kernels.qmatmul import QWeight, _mv_q8_0, quantize_act
+from engine.runtime.kernels.qmatmul import QWeight, matvec, quantize_act
 
 _R = 2  # rows per micro-tile of the float-lane kernels (they share every activation load)
 _TT = 64  # tokens per micro-tile of the float-lane kernels (SIMD lanes run across tokens)
 _RB = 16  # rows per block of the float-lane kernels (decoded once, reused by every token tile)
 _RI = 8  # rows per block of the integer kernels
+
+# Below this many tokens qgemm runs matvec's kernel (same numbers by definition): the Q5_0 kernel
+# pads tokens to whole 64-token tiles, and a row block's decode only pays off over a few tokens.
+# Measured crossovers on the 2-vCPU EPYC (noisy): Q5_0 ~16, Q4_K ~4-8, Q6_K ~2 tokens.
+MATVEC_BELOW = {"Q4_0": 4, "Q5_0": 16, "Q8_0": 1 << 62, "Q4_K": 4, "Q5_K": 4, "Q6_K": 2}
 
 
 def _stack_f32(nelem: int):
@@ -286,12 +293,12 @@ def qgemm(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) ->
         out = np.empty((n, w.rows), np.float32)
     if n == 0:
         return out
+    if n < MATVEC_BELOW[w.qtype]:
+        # Q8_0 always: matvec's kernel keeps its 32 float lanes in two registers and measured
+        # faster than a token-tiled version (see the module docstring).
+        return matvec(w, x, out=out, act=act)
     f = w.fields
-    if w.qtype == "Q8_0":
-        # matvec's Q8_0 kernel keeps its 32 float lanes in two registers and was measured faster
-        # than a token-tiled version (see module docstring): it is the prefill kernel too.
-        _mv_q8_0(f[0], f[1], dequant_act(act[0], act[1]), out)
-    elif w.qtype == "Q5_0":
+    if w.qtype == "Q5_0":
         _gemm_q5_0(f[0], f[1], f[2], _transposed_act(act[0], act[1], -(-n // _TT) * _TT), out)
     elif w.qtype == "Q4_0":
         _gemm_q4_0(f[0], f[1], act[0], act[1], out)
