@@ -4,7 +4,9 @@
 
 Uses a throwaway KVANT_HOME with the default model, chats with it for the Chat page (a short,
 greedy answer), and serves the Discover page from the tests' fake Hub on 127.0.0.1, so nothing
-is downloaded from the internet.
+is downloaded from the internet. The Convert dialog converts the default model (caught midway);
+the Compare page measures real requantized presets of it against it (short: 2 chunks of 128
+tokens, so a few minutes on a laptop); the Learn page shows its three demos.
 """
 
 from __future__ import annotations
@@ -165,11 +167,72 @@ def main(argv: list[str] | None = None) -> int:
     _wait(lambda: hw.info is not None, 120, "hardware detection")
     shot("hardware")
 
+    _convert_compare_learn(window, shot, args.out)
+
     window.show_page("Library")
     window.close()
     window.workers.wait(10_000)
     hub.close()
     return 0
+
+
+def _convert_compare_learn(window, shot, out: Path) -> None:
+    from PySide6.QtTest import QTest
+
+    from engine.convert import convert_sync
+    from engine.library import DEFAULT_MODEL_ID, Library, register_file
+
+    lib = Library(window.paths.library_file)
+    default = Path(lib.get(DEFAULT_MODEL_ID).path)
+
+    # Convert: the page with its drop zone, then the dialog for the default model, caught midway
+    window.show_page("Convert")
+    dialog = window.open_convert(default)
+    dialog.resize(1000, 780)
+    _wait(lambda: dialog.plan is not None, 300, "the conversion plan")
+    dialog.set_preset("Q3_K_M")
+    _wait(lambda: dialog.plan is not None and dialog.plan.preset == "Q3_K_M", 60, "the Q3_K_M plan")
+    dialog.start()
+    _wait(lambda: dialog.progress.value() >= 350 or dialog.state != "converting", 600, "conversion progress")
+    QTest.qWait(100)
+    path = out / "convert.png"
+    dialog.grab().save(str(path))
+    print(f"wrote {path}")
+    _wait(lambda: dialog.state == "done", 900, "the conversion")
+    shot("convert-page")
+    dialog.close()
+
+    # Compare: two more presets of the default model, measured against it (the most precise file, so
+    # the reference) by the page itself
+    for preset in ("Q4_0", "Q2_K"):
+        res = convert_sync(default, window.paths.models / f"gemma-3-270m-{preset}.gguf", preset)
+        register_file(Library(window.paths.library_file), res.path, source="convert")
+    window._refresh_library()
+    window.show_page("Compare")
+    cmp = window.compare_page
+    _wait(lambda: cmp.current_group() is not None and len(cmp.current_group().files) == 4, 120, "the quants")
+    cmp.ctx_spin.setValue(128)
+    cmp.chunks_spin.setValue(2)
+    cmp.measure()
+    _wait(lambda: cmp._measure_worker is None, 1800, "the measurements")
+    row = next(r for r in range(cmp.table.rowCount()) if cmp.table.item(r, 1).text() == "Q2_K")
+    cmp.table.selectRow(row)
+    cmp.weight_error()
+    _wait(lambda: cmp.report is not None, 600, "the weight report")
+    shot("compare")
+
+    # Learn: the picture, the sound and a tensor of the default model
+    window.show_page("Learn")
+    learn = window.learn_page
+    learn.tabs.setCurrentIndex(1)
+    learn.image_slider.setValue(3)
+    shot("learn-picture")
+    learn.tabs.setCurrentIndex(2)
+    learn.sound_slider.setValue(4)
+    shot("learn-sound")
+    learn.tabs.setCurrentIndex(3)
+    _wait(lambda: learn.demo is not None, 1800, "the tensor demo")  # Numba compiles kernels on first use
+    shot("learn-weights")
 
 
 if __name__ == "__main__":

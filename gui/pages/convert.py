@@ -41,7 +41,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QSplitter,
     QTableView,
     QTableWidget,
     QTableWidgetItem,
@@ -550,16 +549,9 @@ class ConvertDialog(QDialog):
         self.close_button.setToolTip("Close this window; a running conversion goes on (see the Convert page)")
         self.close_button.clicked.connect(self.close)
 
-        split = QSplitter(Qt.Orientation.Vertical)
-        upper = QWidget()
-        ul = QVBoxLayout(upper)
-        ul.setContentsMargins(0, 0, 0, 0)
-        ul.addLayout(top)
-        split.addWidget(upper)
-        split.addWidget(plan_box)
-        split.setStretchFactor(1, 1)
         layout = QVBoxLayout(self)
-        layout.addWidget(split, 1)
+        layout.addLayout(top)
+        layout.addWidget(plan_box, 1)
         line = QFrame()
         line.setFrameShape(QFrame.Shape.HLine)
         layout.addWidget(line)

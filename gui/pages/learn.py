@@ -374,6 +374,7 @@ class LearnPage(QWidget):
         self._entries: list[LibraryEntry] = []
         self.demo: TensorDemo | None = None
         self._tensor_worker: GeneratorWorker | None = None
+        self.demo_types: tuple[str, ...] = DEMO_TYPES
         self._list_worker: GeneratorWorker | None = None
         self._image = demo_image()
         self._chord = demo_chord()
@@ -664,8 +665,9 @@ class LearnPage(QWidget):
             return None
         if self._tensor_worker is not None:
             self._tensor_worker.cancel()
-        self.tensor_label.setText(f"Quantizing {name} to {len(DEMO_TYPES)} types…")
-        worker = GeneratorWorker(lambda token: tensor_demo(path, name, cancel=token))
+        types = self.demo_types
+        self.tensor_label.setText(f"Quantizing {name} to {len(types)} types…")
+        worker = GeneratorWorker(lambda token: tensor_demo(path, name, types, cancel=token))
         self._tensor_worker = worker
         worker.signals.progress.connect(
             lambda ev: (
@@ -716,7 +718,11 @@ class LearnPage(QWidget):
             "values themselves, so a type at or above the stored precision shows (almost) no error."
         )
         self.error_chart.set_points(
-            [ChartPoint(r.type, r.bits_per_weight, r.rmse) for r in demo.results if r.rmse > 0],
+            [
+                ChartPoint(r.type, r.bits_per_weight, r.rmse, r.type == "Q4_K")
+                for r in demo.results
+                if r.rmse > 0
+            ],
             "bits per weight",
             "RMS error",
             log_y=True,
