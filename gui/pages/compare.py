@@ -279,12 +279,12 @@ class ComparePage(QWidget):
         self.measure_button = QPushButton("&Measure")
         self.measure_button.setToolTip(
             "PPL, KL divergence and same-top rate of the selected quant (or of every unmeasured one) "
-            "against the reference, on the shipped text"
+            "against the reference, on the shipped text (Ctrl+M)"
         )
         self.measure_button.clicked.connect(self.measure)
         self.weights_button = QPushButton("&Weight error")
         self.weights_button.setToolTip(
-            "Per-tensor error of the selected quant's weights against the reference"
+            "Per-tensor error of the selected quant's weights against the reference (Ctrl+E)"
         )
         self.weights_button.clicked.connect(self.weight_error)
         self.progress = QProgressBar()
@@ -354,7 +354,7 @@ class ComparePage(QWidget):
         layout.addWidget(self.message)
         layout.addWidget(split, 1)
         ctx = Qt.ShortcutContext.WidgetWithChildrenShortcut
-        for keys, slot in (("Ctrl+M", self.measure), ("Ctrl+W", self.weight_error), ("Esc", self.cancel)):
+        for keys, slot in (("Ctrl+M", self.measure), ("Ctrl+E", self.weight_error), ("Esc", self.cancel)):
             sc = QShortcut(QKeySequence(keys), self)
             sc.setContext(ctx)
             sc.activated.connect(slot)
