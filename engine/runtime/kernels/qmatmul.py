@@ -81,6 +81,9 @@ ACT_Q8_K = frozenset(n for n, v in VEC_DOT_TYPE.items() if v == "Q8_K")
 _FLOATS = frozenset({"F32", "F16", "BF16"})
 
 
+REPACK_SLICE_BYTES = 4 << 20  # bytes of blocks repacked per NumPy call (bounds GIL holds at load)
+
+
 @dataclass(frozen=True, eq=False)
 class QWeight:
     """A quantized weight matrix (rows × cols, numpy order), repacked into per-field arrays."""
@@ -135,6 +138,24 @@ def repack(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> QWeight:
     if raw.size != rows * nb * bb:
         raise ModelError(f"{name} weight of {rows}x{cols} needs {rows * nb * bb} bytes, got {raw.size}")
     blk = raw.reshape(rows, nb, bb)
+    step = max(1, REPACK_SLICE_BYTES // (nb * bb))
+    if rows <= step:
+        return QWeight(name, rows, cols, _repack_rows(name, blk))
+    # Slice by slice into preallocated fields: each NumPy copy holds the GIL, and one copy of a
+    # 160 MB output matrix stalls every other Python thread (the GUI) for ~50 ms.
+    first = _repack_rows(name, blk[:step])
+    fields = tuple(np.empty((rows, *f.shape[1:]), f.dtype) for f in first)
+    for f, part in zip(fields, first, strict=True):
+        f[:step] = part
+    for r0 in range(step, rows, step):
+        for f, part in zip(fields, _repack_rows(name, blk[r0 : r0 + step]), strict=True):
+            f[r0 : r0 + part.shape[0]] = part
+    return QWeight(name, rows, cols, fields)
+
+
+def _repack_rows(name: str, blk: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The fields of the blocks ``blk`` (rows, blocks per row, bytes per block)."""
+    rows = blk.shape[0]
 
     def c(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a).reshape(rows, -1)
@@ -167,7 +188,7 @@ def repack(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> QWeight:
         )
     else:
         fields = _repack_more(name, blk, c, u16, u32)
-    return QWeight(name, rows, cols, fields)
+    return fields
 
 
 def _q3k_scales(s: np.ndarray) -> np.ndarray:
