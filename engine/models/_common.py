@@ -47,6 +47,7 @@ from engine.runtime.kernels import (
     rmsnorm,
 )
 from engine.runtime.kernels.ops import rope, swiglu
+from engine.runtime.kernels.qgemm import qgemm
 from engine.runtime.kv_cache import KVCache
 
 MAX_BATCH = 512  # tokens per internal micro-batch
@@ -61,6 +62,12 @@ def tensor_name(t: gguf.MODEL_TENSOR, layer: int | None = None, suffix: str = "w
     """GGUF tensor name from gguf-py's table, e.g. (ATTN_Q, 3) -> ``blk.3.attn_q.weight``."""
     base = TN[t].format(bid=layer) if layer is not None else TN[t]
     return f"{base}.{suffix}"
+
+
+def _mm(w: QWeight, x: np.ndarray) -> np.ndarray:
+    """``x @ W.T``: one token by the mat-vec kernels, several (prefill) by the token-tiled kernels,
+    which give the same numbers bit for bit (so prefill and decode logits agree exactly)."""
+    return matvec(w, x) if x.shape[0] == 1 else qgemm(w, x)
 
 
 @dataclass(frozen=True)
@@ -425,7 +432,7 @@ class Decoder:
         n = h.shape[0]
         if L.wqkv is not None:
             self._see(tensor_name(MT.ATTN_QKV, il), h)
-            qkv = matvec(L.wqkv, h)
+            qkv = _mm(L.wqkv, h)
             q = qkv[:, : p.n_q]
             k = qkv[:, p.n_q : p.n_q + p.n_kv]
             v = qkv[:, p.n_q + p.n_kv :]
@@ -433,7 +440,7 @@ class Decoder:
             if self.observer is not None:
                 for t in (MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V):
                     self._see(tensor_name(t, il), h)
-            q, k, v = matvec(L.wq, h), matvec(L.wk, h), matvec(L.wv, h)
+            q, k, v = _mm(L.wq, h), _mm(L.wk, h), _mm(L.wv, h)
         if L.bq is not None:
             q = q + L.bq
         if L.bk is not None:
@@ -474,7 +481,7 @@ class Decoder:
             a = attention(q, kc, vc, sp, positions, 0, self.cache.round_f16)
             a = a.reshape(n, p.n_q)
             self._see(tensor_name(MT.ATTN_OUT, il), a)
-            a = matvec(L.wo, a)
+            a = _mm(L.wo, a)
             if L.bo is not None:
                 a = a + L.bo
             if last_only and il == p.n_layer - 1:
@@ -483,15 +490,15 @@ class Decoder:
             h = rmsnorm(x, L.ffn_norm, eps)
             if L.w_gate is None:
                 self._see(tensor_name(MT.FFN_UP, il), h)
-                gu = matvec(L.w_up, h)
+                gu = _mm(L.w_up, h)
                 f = swiglu(gu[:, : p.n_ff], gu[:, p.n_ff :])
             else:
                 if self.observer is not None:
                     self._see(tensor_name(MT.FFN_GATE, il), h)
                     self._see(tensor_name(MT.FFN_UP, il), h)
-                f = swiglu(matvec(L.w_gate, h), matvec(L.w_up, h))
+                f = swiglu(_mm(L.w_gate, h), _mm(L.w_up, h))
             self._see(tensor_name(MT.FFN_DOWN, il), f)
-            x = matvec(L.w_down, f) + x
+            x = _mm(L.w_down, f) + x
         self.cache.n_past = pos0 + n
         if skip_logits:
             return None

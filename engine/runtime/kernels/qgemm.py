@@ -293,9 +293,10 @@ def qgemm(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) ->
         out = np.empty((n, w.rows), np.float32)
     if n == 0:
         return out
-    if n < MATVEC_BELOW[w.qtype]:
+    if n < MATVEC_BELOW.get(w.qtype, 1 << 62):
         # Q8_0 always: matvec's kernel keeps its 32 float lanes in two registers and measured
-        # faster than a token-tiled version (see the module docstring).
+        # faster than a token-tiled version (see the module docstring). Types without a tiled
+        # kernel (everything but the six above) run matvec too.
         return matvec(w, x, out=out, act=act)
     f = w.fields
     if w.qtype == "Q5_0":
