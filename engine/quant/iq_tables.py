@@ -159,6 +159,40 @@ def quant_tables(qtype: str) -> QuantTables:
     return QuantTables(_readonly(grid), _readonly(kmap), _readonly(neighbours))
 
 
+@njit(**_JIT)
+def _fill_blocks(grid, kmap, neighbours, kblk, nbg):
+    """Copy each neighbour list's grid points into 8-candidate blocks, element-major inside a block."""
+    b = 0
+    for u in range(kmap.shape[0]):
+        if kmap[u] >= 0:
+            continue
+        off = -kmap[u] - 1
+        n = np.int64(neighbours[off])
+        kblk[u] = b
+        for j in range(n):
+            g = np.int64(neighbours[off + 1 + j])
+            for i in range(grid.shape[1]):
+                nbg[b + j // 8, i, j % 8] = grid[g, i]
+        b += (n + 7) // 8
+    return b
+
+
+@functools.cache
+def neighbour_blocks(qtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbour lists of :func:`quant_tables` laid out for a lane-per-candidate search.
+
+    Returns ``(kblk, nbg)``: for an off-grid ``u``, its list's candidates ``j`` (in list order) are
+    ``nbg[kblk[u] + j // 8, :, j % 8]`` (the grid point, int8 ``2*l + 1``); padding lanes hold 0.
+    """
+    t = quant_tables(qtype)
+    offs = -t.kmap[t.kmap < 0].astype(np.int64) - 1
+    nblocks = int(((t.neighbours[offs].astype(np.int64) + 7) // 8).sum())
+    kblk = np.full(t.kmap.shape[0], -1, np.int32)
+    nbg = np.zeros((nblocks, t.grid.shape[1], 8), np.int8)
+    _fill_blocks(t.grid, t.kmap, t.neighbours, kblk, nbg)
+    return _readonly(kblk), _readonly(nbg)
+
+
 @functools.cache
 def dequant_grid(table: str) -> np.ndarray:
     """ggml-common.h's dequantization grid of a compact table as float32 (grid_size, per)."""

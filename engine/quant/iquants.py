@@ -24,7 +24,7 @@ from numba import njit, prange
 from engine.errors import QuantError
 from engine.quant import iquants_search as S
 from engine.quant.format import QuantFormat
-from engine.quant.iq_tables import dequant_grid, ksigns, quant_tables
+from engine.quant.iq_tables import dequant_grid, ksigns, neighbour_blocks, quant_tables
 from engine.quant.kquants_search import fp16_bits_to_fp32
 
 F32 = np.float32
@@ -67,11 +67,11 @@ _ERRORS = {
 
 
 @njit(parallel=True, **_JIT)
-def _iq23_rows(kind, x, qw, has_qw, out, err, grid, kmap, neigh, nchunks):
+def _iq23_rows(kind, x, qw, has_qw, out, err, grid, kmap, neigh, kblk, nbg, nchunks):
     nrows = x.shape[0]
     nb = x.shape[1] // QK_K
     ts = out.shape[1] // nb
-    scr_f = np.zeros((nchunks, 3, 32), np.float32)
+    scr_f = np.zeros((nchunks, 4, 32), np.float32)
     scr_i = np.zeros((nchunks, 7, 32), np.int64)
     scales = np.zeros((nchunks, 16), np.float32)
     for c in prange(nchunks):
@@ -88,6 +88,8 @@ def _iq23_rows(kind, x, qw, has_qw, out, err, grid, kmap, neigh, nchunks):
                     grid,
                     kmap,
                     neigh,
+                    kblk,
+                    nbg,
                     scr_f[c],
                     scr_i[c],
                     scales[c],
@@ -152,6 +154,7 @@ def _quantize(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
     t = quant_tables(name)
     err = np.zeros(nrows, np.int32)
     if name in _IQ23_KIND:
+        kblk, nbg = neighbour_blocks(name)
         _iq23_rows(
             _IQ23_KIND[name],
             x,
@@ -162,6 +165,8 @@ def _quantize(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
             t.grid,
             t.kmap,
             t.neighbours,
+            kblk,
+            nbg,
             _chunks(nrows),
         )
     else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from engine.quant._simd import score8
 from engine.quant.kquants_search import fp32_to_fp16_bits, nb_make_qp_quants, nearest_int
 
 F32 = np.float32
@@ -62,38 +63,42 @@ def _max(a, b):
     return a if a > b else b
 
 
-@njit(**_JIT)
-def _iq23_neighbour(neigh, off, grid, xval, o, waux, scale, L, gs):
-    """iq2_find_best_neighbour / iq3_find_best_neighbour; writes L[o:o+gs]; -1 when none wins."""
+@njit(inline="always", **_JIT)
+def _iq23_neighbour(u, kmap, neigh, kblk, nbg, xval, o, waux, scale, L, gs, acc):
+    """iq2_find_best_neighbour / iq3_find_best_neighbour for the off-grid point ``u``.
+
+    Writes L[o:o+gs]; returns the grid index, -1 when none wins.  The candidates are scored 8 at a
+    time, one per lane (``nbg``, see :func:`engine.quant.iq_tables.neighbour_blocks`): every lane's
+    d2 is the C sum in C order, and the first strict minimum wins as in C.
+    """
+    off = -np.int64(kmap[u]) - 1
     n = np.int64(neigh[off])
+    b0 = np.int64(kblk[u])
     best_d2 = FLT_MAX
-    gi = -1
-    for j in range(1, n + 1):
-        idx = np.int64(neigh[off + j])
-        d2 = F32(0.0)
-        for i in range(gs):
-            q = F32(grid[idx, i])
-            diff = F32(F32(scale * q) - xval[o + i])
-            d2 = F32(d2 + F32(F32(waux[o + i] * diff) * diff))
-        if d2 < best_d2:
-            best_d2 = d2
-            gi = idx
-    if gi >= 0:
-        for i in range(gs):
-            L[o + i] = (np.int64(grid[gi, i]) - 1) // 2
-    return gi
+    best_j = -1
+    for b in range((n + 7) >> 3):
+        score8(nbg, (b0 + b) * 8 * gs, xval, o, waux, o, gs, scale, F32(1.0), F32(0.0), acc)
+        for jj in range(min(8, n - 8 * b)):
+            if acc[jj] < best_d2:
+                best_d2 = acc[jj]
+                best_j = 8 * b + jj
+    if best_j < 0:
+        return -1
+    for i in range(gs):
+        L[o + i] = (np.int64(nbg[b0 + (best_j >> 3), i, best_j & 7]) - 1) // 2
+    return np.int64(neigh[off + 1 + best_j])
 
 
 @njit(**_JIT)
-def _snap(kind, id_, xval, L, o, gs, bits, kmaxq, kmap):
-    """Round one grid point's levels at inverse scale id_ into L[o:o+gs]; returns kmap[u]."""
+def _snap(id_, xval, L, o, gs, bits, kmaxq):
+    """Round one grid point's levels at inverse scale id_ into L[o:o+gs]; returns their index u."""
     u = 0
     for i in range(gs):
         l = nearest_int(F32(F32(0.5) * F32(F32(id_ * xval[o + i]) - F32(1.0))))
         l = max(0, min(kmaxq - 1, l))
         L[o + i] = l
         u |= l << (bits * i)
-    return np.int64(kmap[u])
+    return u
 
 
 @njit(**_JIT)
@@ -109,11 +114,12 @@ def _refit(n, weight, xval, L):
 
 
 @njit(**_JIT)
-def iq23_block(kind, x, qw, has_qw, y, grid, kmap, neigh, scr_f, scr_i, scales):
+def iq23_block(kind, x, qw, has_qw, y, grid, kmap, neigh, kblk, nbg, scr_f, scr_i, scales):
     """One super-block of IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS/IQ3_S into y (zeroed); 0 or an error code.
 
-    scr_f: float32 (3, 32) scratch (weight, waux, xval); scr_i: int64 (7, 32) scratch (L, Laux,
-    on-grid flags, their trial copy, signs, make_qp_quants levels, grid indices); scales float32 (16,).
+    scr_f: float32 (4, 32) scratch (weight, waux, xval, neighbour scores); scr_i: int64 (7, 32)
+    scratch (L, Laux, on-grid flags, their trial copy, signs, make_qp_quants levels, grid indices);
+    scales float32 (16,); kblk / nbg: :func:`engine.quant.iq_tables.neighbour_blocks`.
     """
     bs = _BS[kind]
     gs = _GS[kind]
@@ -124,6 +130,7 @@ def iq23_block(kind, x, qw, has_qw, y, grid, kmap, neigh, scr_f, scr_i, scales):
     weight = scr_f[0]
     waux = scr_f[1]
     xval = scr_f[2]
+    acc = scr_f[3]
     L = scr_i[0]
     Laux = scr_i[1]
     ongrid = scr_i[2]
@@ -205,11 +212,13 @@ def iq23_block(kind, x, qw, has_qw, y, grid, kmap, neigh, scr_f, scr_i, scales):
             id_ = F32(F32(F32(2 * kmaxq - 1) + F32(F32(is_) * step)) / denom)
             this_scale = F32(F32(1.0) / id_)
             for k in range(ngs):
-                gi = _snap(kind, id_, xval, Laux, gs * k, gs, bits, kmaxq, kmap)
+                u = _snap(id_, xval, Laux, gs * k, gs, bits, kmaxq)
                 ongrid_aux[k] = 1
-                if gi < 0:
+                if kmap[u] < 0:
                     ongrid_aux[k] = 0
-                    gi = _iq23_neighbour(neigh, -gi - 1, grid, xval, gs * k, waux, this_scale, Laux, gs)
+                    gi = _iq23_neighbour(
+                        u, kmap, neigh, kblk, nbg, xval, gs * k, waux, this_scale, Laux, gs, acc
+                    )
                     if gi < 0:
                         return ERR_NO_NEIGHBOUR
             sumqx, sumq2 = _refit(bs, weight, xval, Laux)
@@ -229,9 +238,9 @@ def iq23_block(kind, x, qw, has_qw, y, grid, kmap, neigh, scr_f, scr_i, scales):
             for k in range(ngs):
                 if ongrid[k] and kind != IQ2_XXS and kind != IQ3_S:
                     continue
-                gi = _snap(kind, id_, xval, L, gs * k, gs, bits, kmaxq, kmap)
-                if gi < 0:
-                    gi = _iq23_neighbour(neigh, -gi - 1, grid, xval, gs * k, waux, scale, L, gs)
+                u = _snap(id_, xval, L, gs * k, gs, bits, kmaxq)
+                if kmap[u] < 0:
+                    gi = _iq23_neighbour(u, kmap, neigh, kblk, nbg, xval, gs * k, waux, scale, L, gs, acc)
                     if gi < 0:
                         return ERR_NO_NEIGHBOUR
             sumqx, sumq2 = _refit(bs, weight, xval, L)

@@ -19,7 +19,6 @@ from numba import njit, prange
 from engine.quant._common import (
     KERNEL,
     QK_K,
-    best_index_int8,
     f16_bits_to_f32,
     f32_to_f16_bits,
     get_u16,
@@ -31,6 +30,7 @@ from engine.quant._common import (
     np_u16_bytes,
     put_u16,
 )
+from engine.quant._simd import make_table_kernels
 from engine.quant.format import QuantFormat
 
 QK4_NL = 32
@@ -44,9 +44,32 @@ XS_SIZE = 136
 # ============================================================================ Numba kernels
 
 
+_KT = tuple(np.float32(v) for v in KVALUES)  # compile-time constants in the kernels
+
+
+_trial_products, _indices = make_table_kernels(tuple(float(v) for v in KVALUES))
+
+
 @njit(**KERNEL)
-def _block_scale(xr, o, im, has_im, sigma2, kv, weight, L, lo):
-    """The refitted scale of the 32-block at xr[o:o+32] (0 when all |x| < eps); fills L[lo:lo+32]."""
+def _trial(xr, o, idd, weight, tqx, tq2):
+    """(sumqx, sumq2) of one trial scale: the products in 8-lane vectors, then C's sequential sums."""
+    _trial_products(xr, o, idd, weight, tqx, tq2)
+    sumqx = np.float32(0.0)
+    sumq2 = np.float32(0.0)
+    for j in range(32):
+        sumqx = np.float32(sumqx + tqx[j])
+        sumq2 = np.float32(sumq2 + tq2[j])
+    return sumqx, sumq2
+
+
+@njit(**KERNEL)
+def _block_scale(xr, o, im, has_im, sigma2, weight, scr):
+    """The refitted scale of the 32-block at xr[o:o+32] (0 when all |x| < eps).
+
+    ``scr``: float32 (2, 32) scratch.  (C fills L here too; every caller recomputes it.)
+    """
+    tqx = scr[0]
+    tq2 = scr[1]
     for j in range(32):
         xj = xr[o + j]
         if has_im:
@@ -62,31 +85,14 @@ def _block_scale(xr, o, im, has_im, sigma2, kv, weight, L, lo):
             vmax = xr[o + j]
     if amax < GROUP_MAX_EPS:
         return np.float32(0.0)
-    k0 = np.float32(kv[0])
-    d = np.float32(-vmax / k0)
+    d = np.float32(-vmax / _KT[0])
     idd = np.float32(np.float32(1.0) / d)
-    sumqx = np.float32(0.0)
-    sumq2 = np.float32(0.0)
-    for j in range(32):
-        xj = xr[o + j]
-        li = best_index_int8(kv, np.float32(idd * xj))
-        L[lo + j] = li
-        q = np.float32(kv[li])
-        wq = np.float32(weight[j] * q)
-        sumqx = np.float32(sumqx + np.float32(wq * xj))
-        sumq2 = np.float32(sumq2 + np.float32(wq * q))
+    sumqx, sumq2 = _trial(xr, o, idd, weight, tqx, tq2)
     d = np.float32(sumqx / sumq2) if sumq2 > 0 else np.float32(0.0)
     best = np.float32(d * sumqx)
     for itry in range(-NTRY, NTRY + 1):
-        idd = np.float32(np.float32(itry + np.int64(kv[0])) / vmax)
-        sumqx = np.float32(0.0)
-        sumq2 = np.float32(0.0)
-        for j in range(32):
-            xj = xr[o + j]
-            q = np.float32(kv[best_index_int8(kv, np.float32(idd * xj))])
-            wq = np.float32(weight[j] * q)
-            sumqx = np.float32(sumqx + np.float32(wq * xj))
-            sumq2 = np.float32(sumq2 + np.float32(wq * q))
+        idd = np.float32(np.float32(itry + np.int64(KVALUES[0])) / vmax)
+        sumqx, sumq2 = _trial(xr, o, idd, weight, tqx, tq2)
         if sumq2 > 0 and np.float32(sumqx * sumqx) > np.float32(best * sumq2):
             d = np.float32(sumqx / sumq2)
             best = np.float32(d * sumqx)
@@ -108,17 +114,17 @@ def _iq4_nl_rows(x, out, im, has_im, kv):
     for r in prange(rows):
         xr = x[r]
         yr = out[r]
-        weight = np.zeros(32, dtype=np.float32)
+        weight = np.zeros(32, dtype=np.float32)  # per row: negligible next to a row's work
         L = np.zeros(32, dtype=np.int64)
+        scr = np.zeros((2, 32), dtype=np.float32)
         for ib in range(nb):
             o = ib * QK4_NL
             p = ib * NL_SIZE
             sigma2 = _sigma2(xr, o, QK4_NL)
-            s = _block_scale(xr, o, im, has_im, sigma2, kv, weight, L, 0)
+            s = _block_scale(xr, o, im, has_im, sigma2, weight, scr)
             put_u16(yr, p, f32_to_f16_bits(s))
             idd = np.float32(np.float32(1.0) / s) if s != 0 else np.float32(0.0)
-            for j in range(32):
-                L[j] = best_index_int8(kv, np.float32(idd * xr[o + j]))
+            _indices(xr, o, idd, L, 0)
             for j in range(16):
                 yr[p + 2 + j] = (L[j] | (L[16 + j] << 4)) & 0xFF
 
@@ -132,6 +138,7 @@ def _iq4_xs_rows(x, out, im, has_im, kv):
         yr = out[r]
         weight = np.zeros(32, dtype=np.float32)
         L = np.zeros(QK_K, dtype=np.int64)
+        scr = np.zeros((2, 32), dtype=np.float32)
         scales = np.zeros(QK_K // 32, dtype=np.float32)
         for ibl in range(nb):
             o = ibl * QK_K
@@ -140,7 +147,7 @@ def _iq4_xs_rows(x, out, im, has_im, kv):
             max_scale = np.float32(0.0)
             amax_scale = np.float32(0.0)
             for ib in range(QK_K // 32):
-                s = _block_scale(xr, o + 32 * ib, im, has_im, sigma2, kv, weight, L, 32 * ib)
+                s = _block_scale(xr, o + 32 * ib, im, has_im, sigma2, weight, scr)
                 scales[ib] = s
                 a = np.float32(abs(s))
                 if a > amax_scale:
@@ -157,8 +164,7 @@ def _iq4_xs_rows(x, out, im, has_im, kv):
                 li = max(-32, min(31, li))
                 dl = np.float32(d * np.float32(li))
                 idl = np.float32(np.float32(1.0) / dl) if dl != 0 else np.float32(0.0)
-                for j in range(32):
-                    L[32 * ib + j] = best_index_int8(kv, np.float32(idl * xr[o + 32 * ib + j]))
+                _indices(xr, o + 32 * ib, idl, L, 32 * ib)
                 li += 32
                 if ib % 2 == 0:
                     yr[p + 4 + ib // 2] = li & 0xF
