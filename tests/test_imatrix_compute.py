@@ -197,6 +197,62 @@ def test_saved_file_reads_in_gguf_py(computed):
         assert float(np.asarray(c.data).reshape(-1)[0]) == 256.0
 
 
+def test_saved_file_reads_in_ggml_gguf_reader(computed):
+    """ggml's own C reader (``gguf_init_from_file``, what llama-quantize's imatrix loader calls)."""
+    pytest.importorskip("llama_cpp")
+    import ctypes
+
+    from engine.bench.llamacpp import load_ggml
+
+    result, _, out = computed
+    g = load_ggml()
+    vp, i64, cp = ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p
+
+    class Params(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", vp)]
+
+    for fn, res, args in (
+        ("gguf_init_from_file", vp, [cp, Params]),
+        ("gguf_free", None, [vp]),
+        ("gguf_find_key", i64, [vp, cp]),
+        ("gguf_get_val_u32", ctypes.c_uint32, [vp, i64]),
+        ("gguf_get_val_str", cp, [vp, i64]),
+        ("gguf_get_arr_n", ctypes.c_size_t, [vp, i64]),
+        ("gguf_get_arr_str", cp, [vp, i64, ctypes.c_size_t]),
+        ("gguf_get_n_tensors", i64, [vp]),
+        ("gguf_get_tensor_name", cp, [vp, i64]),
+        ("gguf_get_tensor_type", ctypes.c_int, [vp, i64]),
+        ("gguf_get_tensor_offset", ctypes.c_size_t, [vp, i64]),
+        ("gguf_get_tensor_size", ctypes.c_size_t, [vp, i64]),
+        ("gguf_get_data_offset", ctypes.c_size_t, [vp]),
+    ):
+        getattr(g, fn).restype, getattr(g, fn).argtypes = res, args
+    ctx = g.gguf_init_from_file(str(out).encode(), Params(True, None))
+    assert ctx, "ggml's GGUF reader rejected the file"
+    try:
+        assert g.gguf_get_val_str(ctx, g.gguf_find_key(ctx, b"general.type")) == b"imatrix"
+        assert g.gguf_get_val_u32(ctx, g.gguf_find_key(ctx, b"imatrix.chunk_count")) == 2
+        assert g.gguf_get_val_u32(ctx, g.gguf_find_key(ctx, b"imatrix.chunk_size")) == 128
+        key = g.gguf_find_key(ctx, b"imatrix.datasets")
+        assert [g.gguf_get_arr_str(ctx, key, i) for i in range(g.gguf_get_arr_n(ctx, key))] == [
+            b"calibration-fixture"
+        ]
+        n = g.gguf_get_n_tensors(ctx)
+        assert n == 2 * len(result.imatrix)
+        base = g.gguf_get_data_offset(ctx)
+        raw = out.read_bytes()
+        for i in range(n):
+            name = g.gguf_get_tensor_name(ctx, i).decode()
+            assert g.gguf_get_tensor_type(ctx, i) == 0  # GGML_TYPE_F32
+            off, size = base + g.gguf_get_tensor_offset(ctx, i), g.gguf_get_tensor_size(ctx, i)
+            data = np.frombuffer(raw[off : off + size], np.float32)
+            w, kind = name.rsplit(".", 1)
+            e = result.imatrix.entries[w]
+            np.testing.assert_array_equal(data, e.sums[0] if kind == "in_sum2" else e.counts)
+    finally:
+        g.gguf_free(ctx)
+
+
 # --- cancel --------------------------------------------------------------------------------------------
 def test_cancel_stops_between_chunks_and_saves_nothing(model, fx, tmp_path):
     cancel = CancelToken()
