@@ -361,7 +361,7 @@ def test_installers_workflow_builds_and_smoke_tests_all_three():
     oses = {m["os"].split("-")[0] for m in job["strategy"]["matrix"]["include"]}
     assert {"ubuntu", "windows", "macos"} <= oses
     runs = "\n".join(step.get("run", "") for step in job["steps"])
-    assert "packaging/build.py --smoke" in runs
+    assert "packaging/build.py" in runs and "--smoke" in runs
     assert "--self-test" in runs and "--version" in runs
 
 
