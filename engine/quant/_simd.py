@@ -370,3 +370,48 @@ def qkx_errors(typingctx, x, w, laux, scale, mn, n, use_mad, terr):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def requant(typingctx, x, xo, add, dl, lo, hi, bias, L, n):
+    """The k-quants' final requantization, 8 lanes: for j < n (n a multiple of 8), k = xo + j,
+    ``L[k] = clamp(nearest_int((x[k] + add) / dl), lo, hi) + bias`` (L int8 or uint8).
+
+    Pass add = 0 for C's ``nearest_int(x / dl)``: for finite x, ``x + 0`` only turns -0 into +0,
+    and nearest_int(+-0 / dl) is 0 either way.
+    """
+    f32 = types.float32
+    ok = (
+        _is_c(x, f32)
+        and isinstance(L, types.Array)
+        and L.layout == "C"
+        and L.dtype in (types.int8, types.uint8)
+        and add == f32
+        and dl == f32
+        and all(isinstance(a, types.Integer) for a in (xo, lo, hi, bias, n))
+    )
+    if not ok:
+        return None
+    sig = types.void(x, xo, add, dl, lo, hi, bias, L, n)
+
+    def codegen(context, builder, signature, args):
+        x_, xo_, add_, dl_, lo_, hi_, bias_, L_, n_ = args
+        ta = signature.args
+        xp = _data(context, builder, ta[0], x_)
+        lp = _data(context, builder, ta[7], L_)
+        xo_ = context.cast(builder, xo_, ta[1], types.int64)
+        n_ = context.cast(builder, n_, ta[8], types.int64)
+        lov = _splat_i32(builder, context.cast(builder, lo_, ta[4], types.int64))
+        hiv = _splat_i32(builder, context.cast(builder, hi_, ta[5], types.int64))
+        bv = _splat_i32(builder, context.cast(builder, bias_, ta[6], types.int64))
+        av = _splat(builder, add_)
+        dv = _splat(builder, dl_)
+        i64 = ir.IntType(64)
+        with cgutils.for_range(builder, builder.ashr(n_, ir.Constant(i64, 3))) as loop:
+            off = builder.add(xo_, builder.mul(loop.index, ir.Constant(i64, 8)))
+            v = builder.fdiv(builder.fadd(_vload(builder, xp, off), av), dv)
+            li = builder.add(_clamp8(builder, _nearest_int8(builder, v), lov, hiv), bv)
+            _vstore(builder, builder.trunc(li, _V8I8), lp, off, _V8I8)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -21,6 +21,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from engine.quant._simd import requant
 from engine.quant.format import QuantFormat
 from engine.quant.kquants_search import (
     F32,
@@ -105,7 +106,7 @@ def _pack_2bit(y, off, L):
 
 
 @njit(**_JIT)
-def _q2k_block(x, y, qw, use_qw, L, Laux, weights, scales, mins, sw, Ls, Lm):
+def _q2k_block(x, y, qw, use_qw, L, Laux, weights, scales, mins, sw, Ls, Lm, scr):
     if not use_qw:  # quantize_row_q2_K_ref
         max_scale = F32(0.0)
         max_min = F32(0.0)
@@ -114,7 +115,7 @@ def _q2k_block(x, y, qw, use_qw, L, Laux, weights, scales, mins, sw, Ls, Lm):
             for l in range(16):
                 weights[l] = abs(xj[l])
             scale, the_min = nb_make_qkx2_quants(
-                16, 3, xj, weights, L[16 * j : 16 * j + 16], Laux, F32(-0.5), F32(0.1), 15, True
+                16, 3, xj, weights, L[16 * j : 16 * j + 16], Laux, F32(-0.5), F32(0.1), 15, True, scr
             )
             scales[j] = scale
             mins[j] = the_min
@@ -152,7 +153,7 @@ def _q2k_block(x, y, qw, use_qw, L, Laux, weights, scales, mins, sw, Ls, Lm):
                 s += weights[l]
             sw[j] = s
             scale, the_min = nb_make_qkx3_quants(
-                16, 3, xj, weights, L[16 * j : 16 * j + 16], Laux, F32(-0.9), F32(0.05), 36, False
+                16, 3, xj, weights, L[16 * j : 16 * j + 16], Laux, F32(-0.9), F32(0.05), 36, False, scr
             )
             scales[j] = scale
             mins[j] = the_min
@@ -167,14 +168,12 @@ def _q2k_block(x, y, qw, use_qw, L, Laux, weights, scales, mins, sw, Ls, Lm):
         if dl == F32(0.0):
             continue
         ml = dmin * F32(np.int64(y[j]) >> 4)
-        for ii in range(16):
-            l = nearest_int((x[16 * j + ii] + ml) / dl)
-            L[16 * j + ii] = max(0, min(3, l))
+        requant(x, 16 * j, ml, dl, 0, 3, 0, L, 16)
     _pack_2bit(y, 16, L)
 
 
 @njit(**_JIT)
-def _q3k_block(x, y, qw, use_qw, L, weights, scales, sw, Ls):
+def _q3k_block(x, y, qw, use_qw, L, weights, scales, sw, Ls, scr):
     for k in range(96, 108):
         y[k] = 0
     if not use_qw:  # quantize_row_q3_K_ref
@@ -208,8 +207,8 @@ def _q3k_block(x, y, qw, use_qw, L, weights, scales, sw, Ls):
             for l in range(16):
                 s += weights[l]
             sw[j] = s
-            scales[j] = nb_make_qx_quants(16, 4, xj, L[16 * j : 16 * j + 16], 1, weights, True)
-        d_block = nb_make_qx_quants(16, 32, scales, Ls, 1, sw, True)
+            scales[j] = nb_make_qx_quants(16, 4, xj, L[16 * j : 16 * j + 16], 1, weights, True, scr)
+        d_block = nb_make_qx_quants(16, 32, scales, Ls, 1, sw, True, scr)
         for j in range(16):
             _pack_q3_scale(y, j, np.int64(Ls[j]))
         d = _put_fp16(y, 108, d_block)
@@ -217,21 +216,16 @@ def _q3k_block(x, y, qw, use_qw, L, weights, scales, sw, Ls):
         dl = d * F32(_q3_scale(y, j))
         if dl == F32(0.0):
             continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / dl)
-            L[16 * j + ii] = max(-4, min(3, l)) + 4
-    for k in range(32):
-        y[k] = 0
-    m = 0
-    hm = 1
-    for j in range(QK_K):
-        if np.int64(L[j]) > 3:
-            y[m] = np.uint8(np.int64(y[m]) | hm)
-            L[j] -= 4
-        m += 1
-        if m == 32:
-            m = 0
-            hm <<= 1
+        requant(x, 16 * j, F32(0.0), dl, -4, 3, 4, L, 16)
+    # C: element j = 32*k + m with L > 3 sets bit k of hmask[m] and keeps L - 4.  L is in 0..7
+    # here, so that is bit 2 of L: split without branches (C's loop mispredicts on random data).
+    for m in range(32):
+        y[m] = 0
+    for k in range(8):
+        for m in range(32):
+            v = np.int64(L[32 * k + m])
+            y[m] = np.uint8(np.int64(y[m]) | (((v >> 2) & 1) << k))
+            L[32 * k + m] = np.int8(v & 3)
     _pack_2bit(y, 32, L)
 
 
@@ -254,7 +248,7 @@ def _pack_q3_scale(y, j, l):
 
 
 @njit(**_JIT)
-def _q45k_block(x, y, qw, use_qw, q5, L, Laux, weights, scales, mins, sw, Ls, Lm):
+def _q45k_block(x, y, qw, use_qw, q5, L, Laux, weights, scales, mins, sw, Ls, Lm, scr):
     nmax = 31 if q5 else 15
     if not use_qw:  # quantize_row_q4_K_ref / quantize_row_q5_K_ref
         max_scale = F32(0.0)
@@ -270,11 +264,11 @@ def _q45k_block(x, y, qw, use_qw, q5, L, Laux, weights, scales, mins, sw, Ls, Lm
             Lj = L[32 * j : 32 * j + 32]
             if q5:
                 scale, the_min = nb_make_qkx2_quants(
-                    32, 31, xj, weights, Lj, Laux, F32(-0.5), F32(0.1), 15, False
+                    32, 31, xj, weights, Lj, Laux, F32(-0.5), F32(0.1), 15, False, scr
                 )
             else:
                 scale, the_min = nb_make_qkx2_quants(
-                    32, 15, xj, weights, Lj, Laux, F32(-1.0), F32(0.1), 20, False
+                    32, 15, xj, weights, Lj, Laux, F32(-1.0), F32(0.1), 20, False, scr
                 )
             scales[j] = scale
             mins[j] = the_min
@@ -304,7 +298,7 @@ def _q45k_block(x, y, qw, use_qw, q5, L, Laux, weights, scales, mins, sw, Ls, Lm
                 s += weights[l]
             sw[j] = s
             scale, the_min = nb_make_qkx3_quants(
-                32, nmax, xj, weights, L[32 * j : 32 * j + 32], Laux, F32(-0.9), F32(0.05), 36, False
+                32, nmax, xj, weights, L[32 * j : 32 * j + 32], Laux, F32(-0.9), F32(0.05), 36, False, scr
             )
             scales[j] = scale
             mins[j] = the_min
@@ -325,9 +319,7 @@ def _q45k_block(x, y, qw, use_qw, q5, L, Laux, weights, scales, mins, sw, Ls, Lm
         if dl == F32(0.0):
             continue
         dm = dmin * F32(m)
-        for ii in range(32):
-            l = nearest_int((x[32 * j + ii] + dm) / dl)
-            L[32 * j + ii] = max(0, min(nmax, l))
+        requant(x, 32 * j, dm, dl, 0, nmax, 0, L, 32)
     if q5:
         for k in range(16, 48):
             y[k] = 0
@@ -355,7 +347,7 @@ def _q45k_block(x, y, qw, use_qw, q5, L, Laux, weights, scales, mins, sw, Ls, Lm
 
 
 @njit(**_JIT)
-def _q6k_block(x, y, qw, use_qw, L, scales):
+def _q6k_block(x, y, qw, use_qw, L, scales, scr):
     max_scale = F32(0.0)
     max_abs_scale = F32(0.0)
     for ib in range(16):
@@ -367,6 +359,7 @@ def _q6k_block(x, y, qw, use_qw, L, scales):
             1,
             qw[16 * ib : 16 * ib + 16],
             use_qw,
+            scr,
         )
         scales[ib] = scale
         abs_scale = abs(scale)
@@ -388,9 +381,7 @@ def _q6k_block(x, y, qw, use_qw, L, scales):
         dl = d * F32(sc)
         if dl == F32(0.0):
             continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / dl)
-            L[16 * j + ii] = max(-32, min(31, l)) + 32
+        requant(x, 16 * j, F32(0.0), dl, -32, 31, 32, L, 16)
     for h in range(2):
         j = 128 * h
         ql = 64 * h
@@ -429,6 +420,7 @@ def _quantize_rows(kind, x, qw, use_qw, out, nchunks):
     Lsu = np.zeros((nchunks, 16), np.uint8)
     Lmu = np.zeros((nchunks, 16), np.uint8)
     Lsi = np.zeros((nchunks, 16), np.int8)
+    fscr = np.zeros((nchunks, 3, 32), np.float32)
     for c in prange(nchunks):
         r0 = c * nrows // nchunks
         r1 = (c + 1) * nrows // nchunks
@@ -451,11 +443,12 @@ def _quantize_rows(kind, x, qw, use_qw, out, nchunks):
                         sw[c],
                         Lsu[c],
                         Lmu[c],
+                        fscr[c],
                     )
                 elif kind == Q3_K:
-                    _q3k_block(xb, yb, qb, use_qw, Li[c], weights[c], scales[c], sw[c], Lsi[c])
+                    _q3k_block(xb, yb, qb, use_qw, Li[c], weights[c], scales[c], sw[c], Lsi[c], fscr[c])
                 elif kind == Q6_K:
-                    _q6k_block(xb, yb, qb, use_qw, Li[c], scales[c])
+                    _q6k_block(xb, yb, qb, use_qw, Li[c], scales[c], fscr[c])
                 else:
                     q5 = kind == Q5_K
                     _q45k_block(
@@ -472,6 +465,7 @@ def _quantize_rows(kind, x, qw, use_qw, out, nchunks):
                         sw[c],
                         Lsu[c],
                         Lmu[c],
+                        fscr[c],
                     )
 
 

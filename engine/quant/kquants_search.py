@@ -22,6 +22,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from engine.quant._simd import qkx_errors, qkx_products, qx_products
+
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
 _MAGIC = F32(12582912.0)  # 1.5 * 2**23
@@ -125,8 +127,11 @@ def np_seq_sum(a: np.ndarray) -> np.ndarray:
 
 
 @njit(**_JIT)
-def nb_make_qx_quants(n, nmax, x, L, rmse_type, qw, use_qw):
-    """make_qx_quants; ``L`` int8; weights ``qw`` when ``use_qw`` else by ``rmse_type``."""
+def nb_make_qx_quants(n, nmax, x, L, rmse_type, qw, use_qw, scr):
+    """make_qx_quants; ``L`` int8; weights ``qw`` when ``use_qw`` else by ``rmse_type``.
+
+    ``scr``: float32 (3, >= n) scratch (weights, trial products); n a multiple of 8.
+    """
     mx = F32(0.0)
     amax = F32(0.0)
     for i in range(n):
@@ -164,19 +169,21 @@ def nb_make_qx_quants(n, nmax, x, L, rmse_type, qw, use_qw):
     if return_early:
         return F32(0.5) * (scale + F32(1.0) / iscale) if suml2 > F32(0.0) else F32(1.0) / iscale
     best = scale * sumlx
+    wv = scr[0, :n]
+    tx = scr[1, :n]
+    t2 = scr[2, :n]
+    for i in range(n):
+        wv[i] = _qx_weight(x[i], i, rmse_type, qw, use_qw)
     for is_ in range(-9, 10):
         if is_ == 0:
             continue
         iscale = -(fnmax + F32(0.1) * F32(is_)) / mx
+        qx_products(x, wv, iscale, nmax, n, tx, t2)  # the terms in 8 lanes, then C's sums
         sumlx = F32(0.0)
         suml2 = F32(0.0)
         for i in range(n):
-            l = nearest_int(iscale * x[i])
-            l = max(-nmax, min(nmax - 1, l))
-            w = _qx_weight(x[i], i, rmse_type, qw, use_qw)
-            fl = F32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
+            sumlx += tx[i]
+            suml2 += t2[i]
         if suml2 > F32(0.0) and sumlx * sumlx > best * suml2:
             for i in range(n):
                 l = nearest_int(iscale * x[i])
@@ -257,8 +264,11 @@ def nb_make_q3_quants(n, nmax, x, L, do_rmse):
 
 
 @njit(**_JIT)
-def _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, flat_is_le):
-    """Shared body of make_qkx2_quants / make_qkx3_quants (weights given). Returns (scale, the_min)."""
+def _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, flat_is_le, scr):
+    """Shared body of make_qkx2_quants / make_qkx3_quants (weights given). Returns (scale, the_min).
+
+    ``scr``: float32 (3, >= n) scratch for the trial terms; n a multiple of 8.
+    """
     mn = x[0]
     mx = x[0]
     sum_w = weights[0]
@@ -290,20 +300,20 @@ def _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_m
         best_error += weights[i] * diff
     if nstep < 1:
         return scale, -mn
+    tl = scr[0, :n]
+    tl2 = scr[1, :n]
+    txl = scr[2, :n]
     for is_ in range(nstep + 1):
         iscale = (rmin + rdelta * F32(is_) + fnmax) / (mx - mn)
+        # the terms in 8 lanes, then C's three sums in C's order
+        qkx_products(x, weights, iscale, mn, nmax, n, Laux, tl, tl2, txl)
         sum_l = F32(0.0)
         sum_l2 = F32(0.0)
         sum_xl = F32(0.0)
         for i in range(n):
-            l = nearest_int(iscale * (x[i] - mn))
-            l = max(0, min(nmax, l))
-            Laux[i] = l
-            w = weights[i]
-            fl = F32(l)
-            sum_l += w * fl
-            sum_l2 += w * fl * fl
-            sum_xl += w * fl * x[i]
+            sum_l += tl[i]
+            sum_l2 += tl2[i]
+            sum_xl += txl[i]
         det = sum_w * sum_l2 - sum_l * sum_l  # C: D
         if det > F32(0.0):
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
@@ -311,11 +321,10 @@ def _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_m
             if this_min > F32(0.0):
                 this_min = F32(0.0)
                 this_scale = sum_xl / sum_l2
+            qkx_errors(x, weights, Laux, this_scale, this_min, n, use_mad, tl)
             cur_error = F32(0.0)
             for i in range(n):
-                diff = this_scale * F32(Laux[i]) + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                cur_error += weights[i] * diff
+                cur_error += tl[i]
             if cur_error < best_error:
                 for i in range(n):
                     L[i] = Laux[i]
@@ -326,15 +335,15 @@ def _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_m
 
 
 @njit(**_JIT)
-def nb_make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+def nb_make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scr):
     """make_qkx2_quants; ``L``/``Laux`` uint8. Returns (scale, the_min)."""
-    return _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, False)
+    return _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, False, scr)
 
 
 @njit(**_JIT)
-def nb_make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+def nb_make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scr):
     """make_qkx3_quants with explicit weights; ``L``/``Laux`` uint8. Returns (scale, the_min)."""
-    return _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, True)
+    return _nb_make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, True, scr)
 
 
 @njit(**_JIT)
