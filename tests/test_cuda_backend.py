@@ -117,3 +117,19 @@ def test_layers_split_across_gpus_in_proportion_to_free_vram():
     for bad in (-1, "half", 1.5, True):
         with pytest.raises(ModelError):
             parse_gpu_layers(bad)
+
+
+def test_bench_records_the_gpu_status(real_mode, default_model, monkeypatch, capsys):
+    import json
+
+    from engine.cli import run_cli
+    from engine.runtime.cuda import CudaAvailability, backend
+
+    monkeypatch.setattr(backend, "availability", lambda nvml=None: CudaAvailability(False, "no NVIDIA GPU"))
+    argv = ["bench", str(default_model), "--prompt-tokens", "16", "--gen-tokens", "1"]
+    argv += ["--n-gpu-layers", "all"]
+    assert run_cli([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["n_gpu_layers"] == "all" and data["kvant"]["decode_tok_s"] > 0
+    assert data["gpu"]["n_gpu_layers"] == 0 and data["gpu"]["reason"] == "no NVIDIA GPU"
+    assert data["gpu"]["message"] == "GPU offload unavailable: no NVIDIA GPU; running on the CPU"

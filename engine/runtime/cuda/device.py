@@ -199,18 +199,9 @@ def rmsnorm(launch: Launch, x, w, eps, res=None, out=None):
     if out is None:
         out = cuda.device_array((rows, n), np.float32)
     if res is None:
-        res = _empty_rows(n)
+        res = cuda.device_array((0, n), np.float32)  # no residual (a size-0 array allocates nothing)
     K.rmsnorm_rows[_blocks(rows, 1, launch), launch.row_threads](x, w, np.float32(eps), out, res)
     return out
-
-
-_EMPTY: dict[int, Any] = {}
-
-
-def _empty_rows(n: int):
-    if n not in _EMPTY:
-        _EMPTY[n] = cuda.device_array((0, n), np.float32)
-    return _EMPTY[n]
 
 
 @njit(cache=True)

@@ -136,7 +136,7 @@ def _reduce_store(acc, sm, nt, out, t0, r, rows):
 # ============================================================================ activation quantization
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def quant_q8_0(x, q, d):
     """x (n, K) f32 -> q int8 (n, K), d f32 (n, K/32): quantize_q8_0 (one thread per block)."""
     n = x.shape[0]
@@ -160,7 +160,7 @@ def quant_q8_0(x, q, d):
             q[t, o + j] = np.int8(rint_f(F32(x[t, o + j] * idd)))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def quant_q8_k(x, q, d, bs):
     """x (n, K) f32 -> q int8, d f32 (n, K/256), bsums int32 (n, K/16): quantize_q8_k."""
     n = x.shape[0]
@@ -202,7 +202,7 @@ def quant_q8_k(x, q, d, bs):
 # A thread decodes a unit's weights once into ``wv`` and dots them with every token of the tile.
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mm_q8_0(qs, d, xq, xd, out):
     rows = qs.shape[0]
     nb = d.shape[1]
@@ -230,7 +230,7 @@ def mm_q8_0(qs, d, xq, xd, out):
         _reduce_store(acc, sm, nt, out, t0, r, rows)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mm_q4_0(qs, d, xq, xd, out):
     rows = qs.shape[0]
     nb = d.shape[1]
@@ -260,7 +260,7 @@ def mm_q4_0(qs, d, xq, xd, out):
         _reduce_store(acc, sm, nt, out, t0, r, rows)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mm_q5_0(qs, qh, d, xq, xd, out):
     rows = qs.shape[0]
     nb = d.shape[1]
@@ -293,7 +293,7 @@ def mm_q5_0(qs, qh, d, xq, xd, out):
         _reduce_store(acc, sm, nt, out, t0, r, rows)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mm_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
     """Q4_K (``has_qh`` False) and Q5_K: units are the 4 quarters (64 elements, 2 scales) of a
     super-block."""
@@ -347,7 +347,7 @@ def mm_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
         _reduce_store(acc, sm, nt, out, t0, r, rows)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mm_q6_k(ql, qh, sc, d, xq, xd, out):
     """Q6_K: units are (half, 16-lane group) quarters of a super-block (64 elements, 4 scales)."""
     rows = ql.shape[0]
@@ -403,7 +403,7 @@ def mm_q6_k(ql, qh, sc, d, xq, xd, out):
 # ============================================================================ element-wise and per-row ops
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def rmsnorm_rows(x, w, eps, out, res):
     """out = rmsnorm(x) * w, or out = res + rmsnorm(x) * w when ``res`` has rows (x: rows, n).
     One block per row (grid-stride); the sum of squares is float64 as on the CPU."""
@@ -438,7 +438,7 @@ def rmsnorm_rows(x, w, eps, out, res):
             out[r, i] = y
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def rope_neox(x, positions, theta_scale, freq_scale, scale, round_f16):
     """Rotate x (n, heads, d) in place (NEOX pairs i, i + d/2), ggml's angle recurrence; then
     x *= scale and, with ``round_f16``, round to fp16 (what the query gets before K·Q)."""
@@ -480,7 +480,7 @@ def _gelu(v):
     return F32(F64(F32(F32(0.5) * v)) * (1.0 + math.tanh(inner)))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def geglu(gate, up, out, fp16_table):
     """out = gelu_tanh(gate) * up; ``fp16_table`` mimics ggml's fp16 GELU table."""
     rows = gate.shape[0]
@@ -503,7 +503,7 @@ def geglu(gate, up, out, fp16_table):
         out[r, i] = F32(g * up[r, i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def softcap(x, c):
     """x = tanh(x / c) * c in place (Gemma's final logit soft-capping)."""
     rows = x.shape[0]
@@ -516,7 +516,7 @@ def softcap(x, c):
         x[r, i] = F32(F32(math.tanh(F64(F32(x[r, i] / c)))) * c)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def argmax_rows(x, out):
     """out[r] = the first index of the largest value of row r (NumPy's argmax; NaN ignored)."""
     rows = x.shape[0]
@@ -554,7 +554,7 @@ def argmax_rows(x, out):
 # ============================================================================ KV cache and attention
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def kv_write(k, v, kc, vc, slot_pos, start_pos):
     """Store k, v (n, Hkv, D) f32 as fp16 bits into the cache (slots, Hkv, D) at slot pos % slots."""
     n = k.shape[0]
@@ -575,7 +575,7 @@ def kv_write(k, v, kc, vc, slot_pos, start_pos):
             slot_pos[s] = pos
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def kv_truncate(slot_pos, n_past):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
@@ -584,7 +584,7 @@ def kv_truncate(slot_pos, n_past):
             slot_pos[s] = -1
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def attention(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out):
     """engine.runtime.kernels.attention over the first ``ns`` slots of an fp16 cache.
     q (n, H, D) f32 pre-scaled; scores (n*H, >= ns) f32 scratch; out (n, H, D).
