@@ -151,3 +151,21 @@ def test_out_of_memory_is_reported_and_retried_with_fewer_layers(launch, tiny):
             want = cpu.logits(IDS)
         net.reset()
         np.testing.assert_allclose(net.forward(IDS, 0), want, rtol=0, atol=LOGIT_ATOL)
+
+
+def test_a_weight_type_without_cuda_kernel_keeps_the_model_on_the_cpu(launch, tiny):
+    from engine.gguf import open_gguf
+    from engine.models import load_model
+    from engine.runtime.cuda import availability, offload_model
+    from engine.runtime.kernels import QWeight
+
+    with open_gguf(tiny) as g:
+        net = load_model(g, n_ctx=16)
+        w = net.layers[1].w_up
+        net.layers[1] = dataclasses.replace(net.layers[1], w_up=QWeight("Q3_K", w.rows, w.cols, w.fields))
+        info = offload_model(net, g, "all", 16, av=availability())
+        assert net.gpu is None and info.n_gpu_layers == 0 and len(net.layers) == 2
+        assert (
+            info.message()
+            == "GPU offload unavailable: no CUDA kernel for Q3_K weights (layer 1) yet; running on the CPU"
+        )

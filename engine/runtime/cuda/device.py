@@ -22,6 +22,11 @@ from engine.runtime.kernels import QWeight
 from engine.runtime.kernels.qmatmul import ACT_Q8_K
 
 MIB = 1 << 20
+GPU_QTYPES = frozenset({"Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
+
+
+class NoGpuKernel(ModelError):
+    """A weight type the CUDA kernels do not handle (the model stays on the CPU)."""
 
 
 class GpuOutOfMemory(ModelError):
@@ -138,6 +143,8 @@ class DeviceQWeight:
 
     @classmethod
     def upload(cls, arena: DeviceArena, w: QWeight) -> DeviceQWeight:
+        if w.qtype not in GPU_QTYPES:
+            raise NoGpuKernel(f"no CUDA kernel for {w.qtype} weights ({arena._what}) yet")
         return cls(w.qtype, w.rows, w.cols, tuple(arena.upload(f) for f in w.fields))
 
     @property

@@ -169,7 +169,7 @@ def offload_model(
     allocate per device (default: nothing on a GPU, the free memory on the simulator)."""
     from engine.runtime.cuda.backend import availability
 
-    n_layer = int(net.params.n_layer)
+    n_layer = int(getattr(getattr(net, "params", None), "n_layer", 0))
     if requested in (0, None):
         return OffloadInfo(0, n_layer)
     if not hasattr(net, "offload"):
@@ -178,7 +178,7 @@ def offload_model(
     av = availability() if av is None else av
     if not av.available:
         return OffloadInfo(requested, n_layer, reason=av.reason, notes=av.notes)
-    from engine.runtime.cuda.device import DeviceArena, GpuOutOfMemory
+    from engine.runtime.cuda.device import DeviceArena, GpuOutOfMemory, NoGpuKernel
 
     notes: list[str] = list(av.notes)
     if requested == "auto":
@@ -206,6 +206,9 @@ def offload_model(
         layer_arenas = [arenas[i] for i in devs[:n_gpu]]
         try:
             net.offload(n_gpu, layer_arenas, output)
+        except NoGpuKernel as err:
+            _flush(av)
+            return OffloadInfo(requested, n_layer, reason=str(err), notes=tuple(notes))
         except GpuOutOfMemory as err:
             _flush(av)
             loaded = getattr(err, "loaded_layers", 0)
