@@ -4,13 +4,17 @@ Usage:
     python benchmarks/bench_eval.py QUANT.gguf [QUANT.gguf ...] [--base BASE.gguf]
     python benchmarks/bench_eval.py --presets Q8_0 Q6_K Q4_K_M ... [--base BASE.gguf] [--keep DIR]
     python benchmarks/bench_eval.py --presets all            # every preset Kvant can make without an imatrix
+    python benchmarks/bench_eval.py --presets all --imatrix IMATRIX.gguf    # ... and those that need one
 
 BASE defaults to the default model (Gemma 3 270M Q4_K_M). ``--presets`` requantizes BASE with
 ``engine.convert`` into a temporary folder (or ``--keep DIR``) first; presets that need an importance
-matrix or a type Kvant cannot write are skipped and listed. The base runs once (its log-probabilities
-go to a llama.cpp-format base-logits file, ~134 MB per 512-token chunk), then each quant is compared
-with it on the shipped text (``--text`` for another), ``--ctx`` tokens per chunk, ``--chunks`` chunks.
-Prints a Markdown table (``--json`` for the raw results).
+matrix (the low-bit IQ ones) get ``--imatrix`` (e.g. from ``python main.py imatrix default -o
+IM.gguf``), only those: the others are made without one, as llama-quantize makes them without
+``--imatrix``. Presets that need an imatrix when none is given, or a type Kvant cannot write, are
+skipped and listed. The base runs once (its log-probabilities go to a llama.cpp-format base-logits file,
+~134 MB per 512-token chunk), then each quant is compared with it on the shipped text (``--text`` for
+another), ``--ctx`` tokens per chunk, ``--chunks`` chunks. Prints a Markdown table (``--json`` for the
+raw results).
 """
 
 from __future__ import annotations
@@ -40,24 +44,31 @@ def drain(gen, label: str = ""):
             last = now
 
 
-def make_quants(base: Path, presets: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
-    from engine.convert import PRESETS, convert, plan_conversion
+def make_quants(
+    base: Path, presets: list[str], out_dir: Path, imatrix: Path | None = None
+) -> tuple[list[Path], list[str]]:
+    from engine.convert import PRESETS, convert, load_imatrix, plan_conversion
 
     if presets == ["all"]:
         presets = [p for p in PRESETS if p not in ("F32", "F16", "BF16")]
+    im = load_imatrix(imatrix) if imatrix else None
     made, skipped = [], []
     for preset in presets:
         plan = plan_conversion(base, preset)
+        used_im = None
+        if plan.missing_imatrix and im is not None:
+            plan = plan_conversion(base, preset, imatrix=im)
+            used_im = im
         if plan.unsupported or plan.missing_imatrix:
             why = (
                 "needs an imatrix" if plan.missing_imatrix else f"cannot write {', '.join(plan.unsupported)}"
             )
             skipped.append(f"{preset} ({why})")
             continue
-        out = out_dir / f"{base.stem}-{preset}.gguf"
+        out = out_dir / f"{base.stem}-{preset}{'-imatrix' if used_im is not None else ''}.gguf"
         if not out.exists():
             t = time.perf_counter()
-            drain(convert(base, out, preset, plan=plan), f"convert {preset}")
+            drain(convert(base, out, preset, imatrix=used_im, plan=plan), f"convert {preset}")
             print(f"{preset}: converted in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
         made.append(out)
     return made, skipped
@@ -69,6 +80,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--base", type=Path, default=DEFAULT_BASE)
     ap.add_argument("--presets", nargs="+", default=[])
     ap.add_argument("--keep", type=Path, default=None, help="folder for the requantized files (kept)")
+    ap.add_argument("--imatrix", type=Path, default=None, help="importance matrix for presets that need one")
+    ap.add_argument("--convert-only", action="store_true", help="make the --presets files and stop")
     ap.add_argument("--text", type=Path, default=None)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=8)
@@ -86,8 +99,11 @@ def main(argv: list[str]) -> int:
         quants = list(args.quants)
         skipped: list[str] = []
         if args.presets:
-            made, skipped = make_quants(args.base, args.presets, work)
+            made, skipped = make_quants(args.base, args.presets, work, args.imatrix)
             quants += made
+            if args.convert_only:
+                print("\n".join(map(str, made)) + (f"\nSkipped: {', '.join(skipped)}" if skipped else ""))
+                return 0
         if not quants:
             ap.error("give QUANT files or --presets")
         cache = Path(tmp) / "base.logits"
@@ -130,7 +146,8 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for q, info, r in sorted(rows, key=lambda x: -x[1].bits_per_weight):
         print(
-            f"| {info.file_type or q.stem} | {info.file_size / 2**20:.1f} | {info.bits_per_weight:.2f} "
+            f"| {info.file_type or q.stem}{' (imatrix)' if q.stem.endswith('-imatrix') else ''} "
+            f"| {info.file_size / 2**20:.1f} | {info.bits_per_weight:.2f} "
             f"| {r.ppl_quant:.3f} ± {r.ppl_quant_err:.3f} | {r.ppl_ratio:.4f} | {r.kld.mean:.5f} "
             f"| {r.kld.median:.5f} | {r.kld.percentile(99.0):.4f} | {100 * r.same_top:.2f}% "
             f"| {100 * r.dp.rms:.2f}% |"

@@ -3,12 +3,13 @@
     python benchmarks/bench_matvec.py [--rows 4096] [--cols 4096] [--repeat 20] [--types Q4_K,IQ2_XS]
                                       [--threads 1,2] [--no-llama]
 
-For each type of ``engine.runtime.kernels.QTYPES``: a ``rows × cols`` weight of random blocks
-(every code and grid index, realistic fp16 scales; speed does not depend on the values) times one
-activation vector, reported as GB/s of GGUF weight bytes (best of ``--repeat``), activation
-conversion included, at each Numba thread count.  llama.cpp runs the same bytes through its own
-graph (``ggml_mul_mat`` of a one-column f32 vector, ``ggml_graph_compute_with_ctx`` with the same
-thread counts; libggml of llama-cpp-python via ctypes), when llama-cpp-python is installed.
+For each type of ``engine.runtime.kernels.QTYPES``: a ``rows × cols`` weight of random blocks (every
+code and grid index, realistic fp16 scales; speed does not depend on the values) times one activation
+vector, reported as GB/s of GGUF weight bytes (best of ``--repeat``), activation conversion included, at
+each Numba thread count. One-thread columns time process CPU time (so that a shared, loaded machine does
+not count the time the process waits for a core); more threads, wall time. llama.cpp runs the same bytes
+through its own graph (``ggml_mul_mat`` of a one-column f32 vector, ``ggml_graph_compute_with_ctx`` with
+the same thread counts; libggml of llama-cpp-python via ctypes), when llama-cpp-python is installed.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ def random_weight(name: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(_random_blocks(name, rows, cols, seed)).reshape(rows, -1)
 
 
-def _best(fn, repeat: int) -> float:
+def _best(fn, repeat: int, cpu: bool = False) -> float:
+    """Best time of ``repeat`` calls: process CPU time when ``cpu`` (single-threaded runs on a
+    shared machine: time spent descheduled does not count), wall-clock time otherwise."""
+    clock = time.process_time if cpu else time.perf_counter
     fn()
     best = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return best
 
 
@@ -134,12 +138,13 @@ def main() -> None:
         for t in threads:
             numba.set_num_threads(t)
             ours = matvec(w, x)[0]
-            cells.append(f"{gb / _best(lambda w=w: matvec(w, x), args.repeat):.1f}")
+            cells.append(f"{gb / _best(lambda w=w: matvec(w, x), args.repeat, t == 1):.1f}")
         diff = ""
         if llama:
             ctx, graph, res = llama.setup(ids[name], raw, x[0])
             for t in threads:
-                cells.append(f"{gb / _best(lambda t=t, c=ctx, g=graph: llama.run(c, g, t), args.repeat):.1f}")
+                run = lambda t=t, c=ctx, g=graph: llama.run(c, g, t)  # noqa: E731
+                cells.append(f"{gb / _best(run, args.repeat, t == 1):.1f}")
             diff = f"{np.abs(ours - res).max() / np.abs(res).max():.1e}"
             llama.free(ctx)
         print(f"| {name} | {raw.nbytes / 1e6:.1f} | " + " | ".join(cells) + f" | {diff} |", flush=True)

@@ -5,11 +5,14 @@ Q3_K, IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0
 super-blocks).  :mod:`.qmatmul` repacks the GGUF blocks into the per-field arrays these kernels
 take and dispatches to them.
 
-Each quantized row is first *unpacked* into one int8 code per element plus one integer scale per
-16 elements (``ls``), with the block's float scale kept per block; the dot product with the
-activations (Q8_0 / Q8_1 / Q8_K codes) is then an exact integer sum per block, scaled as
-llama.cpp's ``ggml_vec_dot_*_generic`` scales it.  Unpacking happens once per row, so a batch of
-activation rows reuses it.  Where llama.cpp adds a float term the codes fold it in exactly:
+The mat-vec kernels take the activations as llama.cpp's ``vec_dot_type`` (Q8_0 / Q8_1 / Q8_K codes, or
+f32 holding F16 / BF16 values) and sum each block exactly in integers, scaled as llama.cpp's
+``ggml_vec_dot_*_generic`` scales it.  Q4_1, Q5_1, Q2_K, Q3_K, TQ1_0 and TQ2_0 decode their codes
+inside the integer dot (see "fused mat-vec kernels" for what makes LLVM vectorize them); the
+other quantized types first *unpack* each row into one int8 code per element plus one integer
+scale per 16 elements (``ls``), once per row, then dot.  Float weights (F32 / F16 / BF16) are
+converted in registers and summed in f32 vector lanes.  Where llama.cpp adds a float term the codes
+fold it in exactly:
 
 - IQ1_S / IQ1_M: ``sumi + 0.125·sumi_delta`` equals ``Σ ls·(8·grid ± 1)·q8 / 8`` exactly (all
   magnitudes < 2^24), so the codes are ``8·grid ± 1`` and the block scale carries the 1/8;
@@ -20,7 +23,8 @@ Dequantization uses the same codes and scales; every product there is exact in f
 the C expression order where it is not: Q2_K, Q4_1, Q5_1), so rows equal gguf-py's bit for bit.
 
 Every kernel follows :data:`engine.runtime.kernels._config.KERNEL` (cached, GIL released, no
-fastmath) and runs in parallel over chunks of rows, with its scratch buffers hoisted per chunk.
+fastmath; the float mat-vecs add only ``reassoc``, see :data:`_FDOT`) and runs in parallel over
+rows or chunks of rows, with any scratch buffers hoisted per chunk.
 """
 
 from __future__ import annotations
@@ -28,12 +32,38 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from engine.runtime.kernels._config import KERNEL
 
 CH = 64  # rows per parallel chunk
 _INL = {"cache": True, "nogil": True}
+_INLINE = {**_INL, "inline": "always"}  # helpers whose loops must vectorize in the caller's body
+# Float-weight dot products: ``reassoc`` only lets LLVM split the f32 sum into vector lanes (Numba
+# leaves the SLP vectorizer off, so without it a float reduction stays scalar); no other fast-math
+# flag, so every product and sum is still rounded as written.  Tests bound the order's effect.
+_FDOT = {**KERNEL, "parallel": True, "fastmath": {"reassoc"}}
+
+
+@intrinsic
+def _as_f32(typingctx, v):
+    """The float32 whose bits are the low 32 bits of the integer ``v`` (a register bitcast,
+    vectorizable)."""
+    if not isinstance(v, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(_i32(builder, args[0]), ir.FloatType())
+
+    return types.float32(v), codegen
+
+
+def _i32(builder, a):
+    w = a.type.width
+    return a if w == 32 else builder.trunc(a, ir.IntType(32)) if w > 32 else builder.zext(a, ir.IntType(32))
+
 
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)
@@ -135,21 +165,6 @@ def _dot_q8_0(q, d, r, xq, xd, t, sums):
 
 
 @njit(**_INL)
-def _dot_q8_1(q, d, m, r, xq, xd, xs, t, sums):
-    """Σ_blocks (d·xd)·Σ q·xq + m·xs (llama.cpp's Q4_1 / Q5_1 · Q8_1; xs = fp16(d_x·Σ xq))."""
-    nb = d.shape[1]
-    acc = np.float32(0.0)
-    nb4 = nb - nb % 4
-    for b in range(0, nb4, 4):
-        _sums32(q, xq, t, b, sums)
-        for i in range(4):
-            acc += (d[r, b + i] * xd[t, b + i]) * np.float32(sums[i]) + m[r, b + i] * xs[t, b + i]
-    for b in range(nb4, nb):
-        acc += (d[r, b] * xd[t, b]) * np.float32(_sum32(q, xq, t, b)) + m[r, b] * xs[t, b]
-    return acc
-
-
-@njit(**_INL)
 def _dq_codes(q, ls, d, r, out, i):
     """out[i] = d[r, b] · ls[g] · q (exact in f32 for every type that uses it)."""
     nb = d.shape[1]
@@ -171,16 +186,6 @@ def _dq_codes32(q, d, r, out, i):
 
 
 # ============================================================================ unpack: 32-element blocks
-
-
-@njit(**_INL)
-def _u_q4_1(qs, r, q):
-    nb = q.shape[0] // 32
-    for b in range(nb):
-        for j in range(16):
-            v = qs[r, b * 16 + j]
-            q[b * 32 + j] = v & 15
-            q[b * 32 + 16 + j] = v >> 4
 
 
 @njit(**_INL)
@@ -426,30 +431,6 @@ def _u_iq1_m(qs, qh, sc, grid, r, q, ls):
 
 
 @njit(**KERNEL, parallel=True)
-def mv_q4_1(qs, d, m, xq, xd, xs, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 32, np.int8)
-        sums = np.empty(4, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_q4_1(qs, r, q)
-            for t in range(xq.shape[0]):
-                out[t, r] = _dot_q8_1(q, d, m, r, xq, xd, xs, t, sums)
-
-
-@njit(**KERNEL, parallel=True)
-def mv_q5_1(qs, qh, d, m, xq, xd, xs, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 32, np.int8)
-        sums = np.empty(4, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_q5_1(qs, qh, r, q)
-            for t in range(xq.shape[0]):
-                out[t, r] = _dot_q8_1(q, d, m, r, xq, xd, xs, t, sums)
-
-
-@njit(**KERNEL, parallel=True)
 def mv_lut4(qs, d, kv, xq, xd, out):
     rows, nb = d.shape
     for c in prange((rows + CH - 1) // CH):
@@ -462,38 +443,6 @@ def mv_lut4(qs, d, kv, xq, xd, out):
 
 
 @njit(**KERNEL, parallel=True)
-def mv_q2_k(qs, sc, mn, d, dmin, xq, xd, xbs, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 256, np.int8)
-        ls = np.empty(nb * 16, np.int32)
-        lane = np.empty(16, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_q2_k(qs, sc, r, q, ls)
-            for t in range(xq.shape[0]):
-                acc = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
-                for b in range(nb):
-                    summ = np.int32(0)
-                    for g in range(16):
-                        summ += np.int32(mn[r, b * 16 + g]) * xbs[t, b * 16 + g]
-                    acc -= (xd[t, b] * dmin[r, b]) * np.float32(summ)
-                out[t, r] = acc
-
-
-@njit(**KERNEL, parallel=True)
-def mv_q3_k(qs, hm, sc, d, xq, xd, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 256, np.int8)
-        ls = np.empty(nb * 16, np.int32)
-        lane = np.empty(16, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_q3_k(qs, hm, sc, r, q, ls)
-            for t in range(xq.shape[0]):
-                out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
-
-
-@njit(**KERNEL, parallel=True)
 def mv_iq4_xs(qs, sc, d, kv, xq, xd, out):
     rows, nb = d.shape
     for c in prange((rows + CH - 1) // CH):
@@ -502,32 +451,6 @@ def mv_iq4_xs(qs, sc, d, kv, xq, xd, out):
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
             _u_iq4_xs(qs, sc, kv, r, q, ls)
-            for t in range(xq.shape[0]):
-                out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
-
-
-@njit(**KERNEL, parallel=True)
-def mv_tq1_0(qs, qh, d, xq, xd, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 256, np.int8)
-        ls = np.empty(nb * 16, np.int32)
-        lane = np.empty(16, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_tq1_0(qs, qh, r, q, ls)
-            for t in range(xq.shape[0]):
-                out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
-
-
-@njit(**KERNEL, parallel=True)
-def mv_tq2_0(qs, d, xq, xd, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 256, np.int8)
-        ls = np.empty(nb * 16, np.int32)
-        lane = np.empty(16, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_tq2_0(qs, r, q, ls)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -621,6 +544,333 @@ def mv_iq1_m(qs, qh, sc, d, grid, xq, xd, out):
             _u_iq1_m(qs, qh, sc, grid, r, q, ls)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
+
+
+# ============================================================================ fused mat-vec kernels
+# The codes are decoded inside the integer dot (no scratch row).  What makes LLVM vectorize these
+# (pmaddwd / vpdpwssd lanes) rather than emulate gathers: every block is indexed through a 1-D slice
+# (indices from range() are then provably non-negative: no wraparound selects), the inner loop runs
+# over 16 elements with four or more scalar int32 accumulators, all in the kernel's own body.
+# Integer sums are exact and the f32 block terms are added in the order the unpacking kernels used,
+# so results are bit-identical to them.
+
+
+@njit(**_INLINE)
+def _q3k_h0(q, hv, x):
+    """Eight 16-element integer sums of one Q3_K half super-block, codes + 4 (unsigned): q 32 bytes
+    of 2-bit codes, hv the 32 hmask bytes (bits 0..3 belong to this half), x its 128
+    activations.  Each code is an explicit int32 sum of its two fields: that is what keeps LLVM's
+    lanes 32-bit (pmaddwd) here."""
+    s0 = np.int32(0)
+    s1 = np.int32(0)
+    s2 = np.int32(0)
+    s3 = np.int32(0)
+    s4 = np.int32(0)
+    s5 = np.int32(0)
+    s6 = np.int32(0)
+    s7 = np.int32(0)
+    for m in range(16):
+        a0 = np.int32(q[m])
+        a1 = np.int32(q[16 + m])
+        h0 = np.int32(hv[m])
+        h1 = np.int32(hv[16 + m])
+        c0 = np.int32(a0 & 3) + np.int32((h0 << 2) & 4)
+        c1 = np.int32(a1 & 3) + np.int32((h1 << 2) & 4)
+        c2 = np.int32((a0 >> 2) & 3) + np.int32((h0 << 1) & 4)
+        c3 = np.int32((a1 >> 2) & 3) + np.int32((h1 << 1) & 4)
+        c4 = np.int32((a0 >> 4) & 3) + np.int32(h0 & 4)
+        c5 = np.int32((a1 >> 4) & 3) + np.int32(h1 & 4)
+        c6 = np.int32((a0 >> 6) & 3) + np.int32((h0 >> 1) & 4)
+        c7 = np.int32((a1 >> 6) & 3) + np.int32((h1 >> 1) & 4)
+        s0 = np.int32(s0 + np.int32(c0) * np.int32(x[m]))
+        s1 = np.int32(s1 + np.int32(c1) * np.int32(x[16 + m]))
+        s2 = np.int32(s2 + np.int32(c2) * np.int32(x[32 + m]))
+        s3 = np.int32(s3 + np.int32(c3) * np.int32(x[48 + m]))
+        s4 = np.int32(s4 + np.int32(c4) * np.int32(x[64 + m]))
+        s5 = np.int32(s5 + np.int32(c5) * np.int32(x[80 + m]))
+        s6 = np.int32(s6 + np.int32(c6) * np.int32(x[96 + m]))
+        s7 = np.int32(s7 + np.int32(c7) * np.int32(x[112 + m]))
+    return s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@njit(**_INLINE)
+def _q3k_h1(q, hv, x):
+    """Eight 16-element integer sums of one Q3_K half super-block, codes + 4 (unsigned): q 32 bytes
+    of 2-bit codes, hv the 32 hmask bytes (bits 4..7 belong to this half), x its 128
+    activations.  Each code is an explicit int32 sum of its two fields: that is what keeps LLVM's
+    lanes 32-bit (pmaddwd) here."""
+    s0 = np.int32(0)
+    s1 = np.int32(0)
+    s2 = np.int32(0)
+    s3 = np.int32(0)
+    s4 = np.int32(0)
+    s5 = np.int32(0)
+    s6 = np.int32(0)
+    s7 = np.int32(0)
+    for m in range(16):
+        a0 = np.int32(q[m])
+        a1 = np.int32(q[16 + m])
+        h0 = np.int32(hv[m])
+        h1 = np.int32(hv[16 + m])
+        c0 = np.int32(a0 & 3) + np.int32((h0 >> 2) & 4)
+        c1 = np.int32(a1 & 3) + np.int32((h1 >> 2) & 4)
+        c2 = np.int32((a0 >> 2) & 3) + np.int32((h0 >> 3) & 4)
+        c3 = np.int32((a1 >> 2) & 3) + np.int32((h1 >> 3) & 4)
+        c4 = np.int32((a0 >> 4) & 3) + np.int32((h0 >> 4) & 4)
+        c5 = np.int32((a1 >> 4) & 3) + np.int32((h1 >> 4) & 4)
+        c6 = np.int32((a0 >> 6) & 3) + np.int32((h0 >> 5) & 4)
+        c7 = np.int32((a1 >> 6) & 3) + np.int32((h1 >> 5) & 4)
+        s0 = np.int32(s0 + np.int32(c0) * np.int32(x[m]))
+        s1 = np.int32(s1 + np.int32(c1) * np.int32(x[16 + m]))
+        s2 = np.int32(s2 + np.int32(c2) * np.int32(x[32 + m]))
+        s3 = np.int32(s3 + np.int32(c3) * np.int32(x[48 + m]))
+        s4 = np.int32(s4 + np.int32(c4) * np.int32(x[64 + m]))
+        s5 = np.int32(s5 + np.int32(c5) * np.int32(x[80 + m]))
+        s6 = np.int32(s6 + np.int32(c6) * np.int32(x[96 + m]))
+        s7 = np.int32(s7 + np.int32(c7) * np.int32(x[112 + m]))
+    return s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@njit(**_INLINE)
+def _q2k_h(q, x, off):
+    """Eight 16-element integer sums of (2-bit code - off)·x over one half super-block."""
+    s0 = np.int32(0)
+    s1 = np.int32(0)
+    s2 = np.int32(0)
+    s3 = np.int32(0)
+    s4 = np.int32(0)
+    s5 = np.int32(0)
+    s6 = np.int32(0)
+    s7 = np.int32(0)
+    for m in range(16):
+        a0 = np.int32(q[m])
+        a1 = np.int32(q[16 + m])
+        s0 = np.int32(s0 + np.int32((a0 & 3) - off) * np.int32(x[m]))
+        s1 = np.int32(s1 + np.int32((a1 & 3) - off) * np.int32(x[16 + m]))
+        s2 = np.int32(s2 + np.int32(((a0 >> 2) & 3) - off) * np.int32(x[32 + m]))
+        s3 = np.int32(s3 + np.int32(((a1 >> 2) & 3) - off) * np.int32(x[48 + m]))
+        s4 = np.int32(s4 + np.int32(((a0 >> 4) & 3) - off) * np.int32(x[64 + m]))
+        s5 = np.int32(s5 + np.int32(((a1 >> 4) & 3) - off) * np.int32(x[80 + m]))
+        s6 = np.int32(s6 + np.int32(((a0 >> 6) & 3) - off) * np.int32(x[96 + m]))
+        s7 = np.int32(s7 + np.int32(((a1 >> 6) & 3) - off) * np.int32(x[112 + m]))
+    return s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@njit(**_INLINE)
+def _scaled8(sc, s):
+    """Σ_i sc[i] · s[i] over eight group sums (sc: 8 scales)."""
+    return np.int32(
+        np.int32(sc[0]) * s[0]
+        + np.int32(sc[1]) * s[1]
+        + np.int32(sc[2]) * s[2]
+        + np.int32(sc[3]) * s[3]
+        + np.int32(sc[4]) * s[4]
+        + np.int32(sc[5]) * s[5]
+        + np.int32(sc[6]) * s[6]
+        + np.int32(sc[7]) * s[7]
+    )
+
+
+@njit(**KERNEL, parallel=True)
+def mv_q3_k(qs, hm, sc, d, xq, xd, out):
+    rows, nb = d.shape
+    # codes are decoded as q + 4 (unsigned, keeps LLVM's lanes 32-bit); Σ q·x = Σ (q+4)·x - 4·Σ x
+    xs = _sums16(xq)
+    for r in prange(rows):
+        for t in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            for b in range(nb):
+                hv = hm[r, b * 32 : b * 32 + 32]
+                q = qs[r, b * 64 : b * 64 + 64]
+                x = xq[t, b * 256 : b * 256 + 256]
+                sc_b = sc[r, b * 16 : b * 16 + 16]
+                s = _q3k_h0(q, hv, x)
+                sumi = _scaled8(sc_b, s)
+                s = _q3k_h1(q[32:], hv, x[128:])
+                sumi = np.int32(sumi + _scaled8(sc_b[8:], s))
+                for g in range(16):
+                    sumi = np.int32(sumi - 4 * np.int32(sc_b[g]) * xs[t, b * 16 + g])
+                acc += (d[r, b] * xd[t, b]) * np.float32(sumi)
+            out[t, r] = acc
+
+
+@njit(**_INL)
+def _sums16(xq):
+    """Σ of each 16 activation codes (n, K/16) int32 (Q8_K's bsums)."""
+    n, k = xq.shape
+    xs = np.empty((n, k // 16), np.int32)
+    for t in range(n):
+        for g in range(k // 16):
+            s = np.int32(0)
+            for j in range(16):
+                s = np.int32(s + np.int32(xq[t, g * 16 + j]))
+            xs[t, g] = s
+    return xs
+
+
+@njit(**KERNEL, parallel=True)
+def mv_q2_k(qs, sc, mn, d, dmin, xq, xd, xbs, out):
+    rows, nb = d.shape
+    for r in prange(rows):
+        for t in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            for b in range(nb):
+                sumi = np.int32(0)
+                for h in range(2):
+                    s = _q2k_h(qs[r, b * 64 + 32 * h : b * 64 + 32 * h + 32], xq[t, b * 256 + 128 * h :], 0)
+                    sumi = np.int32(sumi + _scaled8(sc[r, b * 16 + 8 * h :], s))
+                acc += (d[r, b] * xd[t, b]) * np.float32(sumi)
+            for b in range(nb):
+                summ = np.int32(0)
+                for g in range(16):
+                    summ += np.int32(mn[r, b * 16 + g]) * xbs[t, b * 16 + g]
+                acc -= (xd[t, b] * dmin[r, b]) * np.float32(summ)
+            out[t, r] = acc
+
+
+@njit(**KERNEL, parallel=True)
+def mv_tq2_0(qs, d, xq, xd, out):
+    rows, nb = d.shape
+    for r in prange(rows):
+        for t in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            for b in range(nb):
+                sumi = np.int32(0)
+                for h in range(2):
+                    s = _q2k_h(qs[r, b * 64 + 32 * h : b * 64 + 32 * h + 32], xq[t, b * 256 + 128 * h :], 1)
+                    sumi = np.int32(sumi + s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7])
+                acc += (d[r, b] * xd[t, b]) * np.float32(sumi)
+            out[t, r] = acc
+
+
+@njit(**_INL)
+def _tq1(v, pw):
+    """Ternary digit of byte v at power pw (llama.cpp's ``(uint8(v·pw)·3) >> 8``) minus 1."""
+    return (((v * pw) & 255) * 3 >> 8) - 1
+
+
+@njit(**_INL)
+def _tq1_sum(q, n, x):
+    """Σ over the 5·n ternary digits of the n bytes q: digit p of byte m pairs with x[n·p + m]."""
+    s0 = np.int32(0)
+    s1 = np.int32(0)
+    s2 = np.int32(0)
+    s3 = np.int32(0)
+    s4 = np.int32(0)
+    for m in range(n):
+        v = np.int32(q[m])
+        s0 = np.int32(s0 + _tq1(v, 1) * np.int32(x[m]))
+        s1 = np.int32(s1 + _tq1(v, 3) * np.int32(x[n + m]))
+        s2 = np.int32(s2 + _tq1(v, 9) * np.int32(x[2 * n + m]))
+        s3 = np.int32(s3 + _tq1(v, 27) * np.int32(x[3 * n + m]))
+        s4 = np.int32(s4 + _tq1(v, 81) * np.int32(x[4 * n + m]))
+    return np.int32(s0 + s1 + s2 + s3 + s4)
+
+
+@njit(**KERNEL, parallel=True)
+def mv_tq1_0(qs, qh, d, xq, xd, out):
+    rows, nb = d.shape
+    for r in prange(rows):
+        for t in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            for b in range(nb):
+                x = xq[t, b * 256 : b * 256 + 256]
+                q = qs[r, b * 48 : b * 48 + 48]
+                sumi = np.int32(_tq1_sum(q, 32, x) + _tq1_sum(q[32:], 16, x[160:]))
+                for p in range(4):
+                    pw = np.int32(3**p)
+                    for j in range(4):
+                        sumi = np.int32(
+                            sumi + _tq1(np.int32(qh[r, b * 4 + j]), pw) * np.int32(x[240 + 4 * p + j])
+                        )
+                acc += (d[r, b] * xd[t, b]) * np.float32(sumi)
+            out[t, r] = acc
+
+
+@njit(**KERNEL, parallel=True)
+def mv_q4_1(qs, d, m, xq, xd, xs, out):
+    rows, nb = d.shape
+    nb4 = nb - nb % 4
+    for r in prange(rows):
+        for t in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            for b in range(0, nb4, 4):
+                q = qs[r, b * 16 : b * 16 + 64]
+                x = xq[t, b * 32 : b * 32 + 128]
+                s0 = np.int32(0)
+                s1 = np.int32(0)
+                s2 = np.int32(0)
+                s3 = np.int32(0)
+                for j in range(16):
+                    v0 = np.int32(q[j])
+                    v1 = np.int32(q[16 + j])
+                    v2 = np.int32(q[32 + j])
+                    v3 = np.int32(q[48 + j])
+                    s0 = np.int32(s0 + (v0 & 15) * np.int32(x[j]) + (v0 >> 4) * np.int32(x[16 + j]))
+                    s1 = np.int32(s1 + (v1 & 15) * np.int32(x[32 + j]) + (v1 >> 4) * np.int32(x[48 + j]))
+                    s2 = np.int32(s2 + (v2 & 15) * np.int32(x[64 + j]) + (v2 >> 4) * np.int32(x[80 + j]))
+                    s3 = np.int32(s3 + (v3 & 15) * np.int32(x[96 + j]) + (v3 >> 4) * np.int32(x[112 + j]))
+                acc += (d[r, b] * xd[t, b]) * np.float32(s0) + m[r, b] * xs[t, b]
+                acc += (d[r, b + 1] * xd[t, b + 1]) * np.float32(s1) + m[r, b + 1] * xs[t, b + 1]
+                acc += (d[r, b + 2] * xd[t, b + 2]) * np.float32(s2) + m[r, b + 2] * xs[t, b + 2]
+                acc += (d[r, b + 3] * xd[t, b + 3]) * np.float32(s3) + m[r, b + 3] * xs[t, b + 3]
+            for b in range(nb4, nb):
+                s0 = np.int32(0)
+                for j in range(16):
+                    v0 = np.int32(qs[r, b * 16 + j])
+                    s0 = np.int32(s0 + (v0 & 15) * np.int32(xq[t, b * 32 + j]))
+                    s0 = np.int32(s0 + (v0 >> 4) * np.int32(xq[t, b * 32 + 16 + j]))
+                acc += (d[r, b] * xd[t, b]) * np.float32(s0) + m[r, b] * xs[t, b]
+            out[t, r] = acc
+
+
+@njit(**_INL)
+def _q5(v, h, j):
+    """Q5_1 codes of byte v (low nibble: element j, high: j + 16) with qh bits j and j + 16."""
+    return (v & 15) | np.int32(((h >> j) & 1) << 4), (v >> 4) | np.int32(((h >> (j + 16)) & 1) << 4)
+
+
+@njit(**KERNEL, parallel=True)
+def mv_q5_1(qs, qh, d, m, xq, xd, xs, out):
+    rows, nb = d.shape
+    nb4 = nb - nb % 4
+    for r in prange(rows):
+        for t in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            for b in range(0, nb4, 4):
+                q = qs[r, b * 16 : b * 16 + 64]
+                x = xq[t, b * 32 : b * 32 + 128]
+                h0 = np.int64(qh[r, b])
+                h1 = np.int64(qh[r, b + 1])
+                h2 = np.int64(qh[r, b + 2])
+                h3 = np.int64(qh[r, b + 3])
+                s0 = np.int32(0)
+                s1 = np.int32(0)
+                s2 = np.int32(0)
+                s3 = np.int32(0)
+                for j in range(16):
+                    lo0, hi0 = _q5(np.int32(q[j]), h0, j)
+                    lo1, hi1 = _q5(np.int32(q[16 + j]), h1, j)
+                    lo2, hi2 = _q5(np.int32(q[32 + j]), h2, j)
+                    lo3, hi3 = _q5(np.int32(q[48 + j]), h3, j)
+                    s0 = np.int32(s0 + lo0 * np.int32(x[j]) + hi0 * np.int32(x[16 + j]))
+                    s1 = np.int32(s1 + lo1 * np.int32(x[32 + j]) + hi1 * np.int32(x[48 + j]))
+                    s2 = np.int32(s2 + lo2 * np.int32(x[64 + j]) + hi2 * np.int32(x[80 + j]))
+                    s3 = np.int32(s3 + lo3 * np.int32(x[96 + j]) + hi3 * np.int32(x[112 + j]))
+                acc += (d[r, b] * xd[t, b]) * np.float32(s0) + m[r, b] * xs[t, b]
+                acc += (d[r, b + 1] * xd[t, b + 1]) * np.float32(s1) + m[r, b + 1] * xs[t, b + 1]
+                acc += (d[r, b + 2] * xd[t, b + 2]) * np.float32(s2) + m[r, b + 2] * xs[t, b + 2]
+                acc += (d[r, b + 3] * xd[t, b + 3]) * np.float32(s3) + m[r, b + 3] * xs[t, b + 3]
+            for b in range(nb4, nb):
+                h0 = np.int64(qh[r, b])
+                s0 = np.int32(0)
+                for j in range(16):
+                    lo0, hi0 = _q5(np.int32(qs[r, b * 16 + j]), h0, j)
+                    s0 = np.int32(
+                        s0 + lo0 * np.int32(xq[t, b * 32 + j]) + hi0 * np.int32(xq[t, b * 32 + 16 + j])
+                    )
+                acc += (d[r, b] * xd[t, b]) * np.float32(s0) + m[r, b] * xs[t, b]
+            out[t, r] = acc
 
 
 # ============================================================================ dequantize drivers
@@ -848,64 +1098,66 @@ def _f16_row(w, r, bits, f):
         bits[j] = bits[j] | ((h & 0x8000) << 16) | inf
 
 
-@njit(**_INL)
-def _bf16_row(w, r, bits):
-    for j in range(w.shape[1]):
-        bits[j] = np.uint32(w[r, j]) << 16
+@intrinsic
+def _f16_merge(typingctx, f, b):
+    """bits(f) | b as float32 (sign / inf-exponent of :func:`_f16_f32`)."""
+    if f != types.float32 or not isinstance(b, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fb = builder.bitcast(args[0], ir.IntType(32))
+        return builder.bitcast(builder.or_(fb, _i32(builder, args[1])), ir.FloatType())
+
+    return types.float32(f, b), codegen
 
 
 @njit(**_INL)
-def _dot_f32(f, x, t, acc):
-    """Σ f·x over one row with 16 f32 lanes, then a horizontal sum."""
-    k = f.shape[0]
-    k16 = k - k % 16
-    for j in range(16):
-        acc[j] = 0.0
-    for o in range(0, k16, 16):
-        for j in range(16):
-            acc[j] += f[o + j] * x[t, o + j]
-    s = np.float32(0.0)
-    for j in range(16):
-        s += acc[j]
-    for j in range(k16, k):
-        s += f[j] * x[t, j]
-    return s
+def _f16_f32(h):
+    """fp16 bits (uint16) -> float32, exact, branch-free and vectorizable: exponent+mantissa
+    shifted into place and rescaled by 2^112 (zeros and subnormals come out right), then the
+    sign and, for inf/NaN, the all-ones exponent put back."""
+    h32 = np.uint32(h)
+    f = _as_f32((h32 & np.uint32(0x7FFF)) << np.uint32(13)) * np.float32(2.0**112)
+    b = (h32 & np.uint32(0x8000)) << np.uint32(16)
+    if (h32 & np.uint32(0x7C00)) == np.uint32(0x7C00):
+        b |= np.uint32(0x7F800000)
+    return _f16_merge(f, b)
 
 
-@njit(**KERNEL, parallel=True)
+@njit(**_FDOT)
 def mv_f32(w, x, out):
-    rows = w.shape[0]
+    rows, k = w.shape
     for c in prange((rows + CH - 1) // CH):
-        acc = np.empty(16, np.float32)
         for r in range(c * CH, min(rows, c * CH + CH)):
             for t in range(x.shape[0]):
-                out[t, r] = _dot_f32(w[r], x, t, acc)
+                s = np.float32(0.0)
+                for j in range(k):
+                    s += w[r, j] * x[t, j]
+                out[t, r] = s
 
 
-@njit(**KERNEL, parallel=True)
+@njit(**_FDOT)
 def mv_f16(w, x, out):
     rows, k = w.shape
     for c in prange((rows + CH - 1) // CH):
-        acc = np.empty(16, np.float32)
-        bits = np.empty(k, np.uint32)
-        f = bits.view(np.float32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _f16_row(w, r, bits, f)
             for t in range(x.shape[0]):
-                out[t, r] = _dot_f32(f, x, t, acc)
+                s = np.float32(0.0)
+                for j in range(k):
+                    s += _f16_f32(w[r, j]) * x[t, j]
+                out[t, r] = s
 
 
-@njit(**KERNEL, parallel=True)
+@njit(**_FDOT)
 def mv_bf16(w, x, out):
     rows, k = w.shape
     for c in prange((rows + CH - 1) // CH):
-        acc = np.empty(16, np.float32)
-        bits = np.empty(k, np.uint32)
-        f = bits.view(np.float32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _bf16_row(w, r, bits)
             for t in range(x.shape[0]):
-                out[t, r] = _dot_f32(f, x, t, acc)
+                s = np.float32(0.0)
+                for j in range(k):
+                    s += _as_f32(np.uint32(w[r, j]) << np.uint32(16)) * x[t, j]
+                out[t, r] = s
 
 
 @njit(**KERNEL, parallel=True)
