@@ -166,7 +166,7 @@ def test_per_tensor_weight_error(qtbot, page, model_files):
     names = {t.item(r, 0).text() for r in range(t.rowCount())}
     assert "blk.0.ffn_down.weight" in names
     types = {t.item(r, 1).text() for r in range(t.rowCount())}
-    assert "F16 → Q4_0" in types
+    assert "F16→Q4_0" in types
     # sorted by relative error, largest first
     rel = [float(t.item(r, 5).text()) for r in range(t.rowCount())]
     assert rel == sorted(rel, reverse=True) and rel[0] > 0.01

@@ -322,6 +322,7 @@ class ComparePage(QWidget):
         self.tensor_table = QTableWidget(0, len(TENSOR_COLUMNS))
         self.tensor_table.setHorizontalHeaderLabels(TENSOR_COLUMNS)
         self._table_style(self.tensor_table)
+        self.tensor_table.setTextElideMode(Qt.TextElideMode.ElideLeft)
         self.tensor_table.setSortingEnabled(True)
         self.tensor_label = QLabel(
             "Select a quant and press Weight error to see where its weights lost precision. "
@@ -341,7 +342,7 @@ class ComparePage(QWidget):
         bottom.addWidget(tensors)
         bottom.setStretchFactor(0, 2)
         bottom.setStretchFactor(1, 3)
-        bottom.setSizes([400, 600])
+        bottom.setSizes([340, 660])
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.table)
         split.addWidget(bottom)
@@ -492,6 +493,7 @@ class ComparePage(QWidget):
                         item.setFont(font)
                     t.setItem(row, col, item)
         t.setSortingEnabled(True)
+        t.sortItems(3, Qt.SortOrder.DescendingOrder)  # the most precise first
         if selected is not None:
             for row in range(t.rowCount()):
                 if t.item(row, 0).data(Qt.ItemDataRole.UserRole) == selected.path:
@@ -627,7 +629,7 @@ class ComparePage(QWidget):
             snr = e.snr_db if e.snr_db == e.snr_db else 0.0
             cells = (
                 QTableWidgetItem(e.name),
-                QTableWidgetItem(f"{e.base_type} → {e.quant_type}"),
+                QTableWidgetItem(f"{e.base_type}→{e.quant_type}"),
                 _SortItem(f"{e.rmse:.3e}", e.rmse),
                 _SortItem(f"{e.max_abs:.3e}", e.max_abs),
                 _SortItem("∞" if snr == float("inf") else f"{snr:.2f}", snr),
