@@ -245,7 +245,7 @@ class ScatterChart(QWidget):
             p.drawEllipse(c, 5.5, 5.5)
         # labels where they do not collide with one already drawn (every point is in the tooltip)
         p.setPen(text_colour)
-        taken: list[QRectF] = []
+        taken = [QRectF(c.x() - 6, c.y() - 6, 12, 12) for c in centres]  # labels never cover a point
         for pt, c in sorted(zip(pts, centres, strict=True), key=lambda pc: (not pc[0].highlight, pc[0].y)):
             w, h = fm.horizontalAdvance(pt.label), fm.height()
             for dx, dy in ((8, -6 - h), (-8 - w, -6 - h), (8, 6), (-8 - w, 6)):

@@ -108,13 +108,14 @@ def test_model_tensor_quantized_to_every_type(qtbot, page, paths, tmp_path):
     assert by["F16"].rmse == 0 and math.isinf(by["F16"].snr_db)  # the tensor is stored as F16
     assert by["Q4_0"].bits_per_weight == pytest.approx(4.5)
     assert page.type_table.rowCount() == len(types)
-    # the histogram shows the original and the selected type (Q4_K first)
+    # the histogram shows the original and the selected type (Q2_K first), highlighted on the chart
     series = page.histogram.series()
-    assert [s[0].split()[0] for s in series] == ["F16", "Q4_K"]
+    assert [s[0].split()[0] for s in series] == ["F16", "Q2_K"]
+    assert [p.label for p in page.error_chart.points() if p.highlight] == ["Q2_K"]
     assert sum(series[0][1]) == pytest.approx(demo.n_values, rel=0.01)
-    row = next(r for r in range(page.type_table.rowCount()) if page.type_table.item(r, 0).text() == "Q2_K")
+    row = next(r for r in range(page.type_table.rowCount()) if page.type_table.item(r, 0).text() == "Q4_0")
     page.type_table.selectRow(row)
-    assert page.histogram.series()[1][0].startswith("Q2_K")
+    assert page.histogram.series()[1][0].startswith("Q4_0")
     assert {p.label for p in page.error_chart.points()} == set(types) - {"F16"}
     # choosing another tensor quantizes that one
     page.tensor_combo.setCurrentIndex(page.tensor_combo.count() - 1)

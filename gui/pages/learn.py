@@ -227,7 +227,7 @@ DEMO_TYPES = (
     "IQ1_S",
 )
 MAX_VALUES = 256 * 1024  # values of the tensor that are quantized (its first rows)
-HIST_BINS = 81
+HIST_BINS = 121
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,6 +529,7 @@ class LearnPage(QWidget):
         split.addWidget(right)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 1)
+        split.setSizes([470, 500])
         tab = QWidget()
         layout = QVBoxLayout(tab)
         layout.addWidget(
@@ -717,17 +718,7 @@ class LearnPage(QWidget):
             f"{demo.n_values:,} values, quantized in rows of 256. The reference is the {demo.source_type} "
             "values themselves, so a type at or above the stored precision shows (almost) no error."
         )
-        self.error_chart.set_points(
-            [
-                ChartPoint(r.type, r.bits_per_weight, r.rmse, r.type == "Q4_K")
-                for r in demo.results
-                if r.rmse > 0
-            ],
-            "bits per weight",
-            "RMS error",
-            log_y=True,
-        )
-        pick = next((row for row in range(t.rowCount()) if t.item(row, 0).text() == "Q4_K"), 0)
+        pick = next((row for row in range(t.rowCount()) if t.item(row, 0).text() == "Q2_K"), 0)
         t.selectRow(pick)
         self._show_histogram()
 
@@ -736,8 +727,18 @@ class LearnPage(QWidget):
             return
         rows = self.type_table.selectionModel().selectedRows()
         series = [(f"{self.demo.source_type} (original)", list(self.demo.counts), ORIGINAL)]
+        name = self.type_table.item(rows[0].row(), 0).text() if rows else ""
+        self.error_chart.set_points(
+            [
+                ChartPoint(r.type, r.bits_per_weight, r.rmse, r.type == name)
+                for r in self.demo.results
+                if r.rmse > 0
+            ],
+            "bits per weight",
+            "RMS error",
+            log_y=True,
+        )
         if rows:
-            name = self.type_table.item(rows[0].row(), 0).text()
             r = next((x for x in self.demo.results if x.type == name), None)
             if r is not None:
                 series.append((f"{r.type} ({r.bits_per_weight:.2f} bpw)", list(r.counts), QUANT))
