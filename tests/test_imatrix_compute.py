@@ -14,6 +14,10 @@ Tolerances, measured (ours vs llama.cpp, per-column relative error |ours - ref| 
   ≤ 2.4e-2 per tensor and a largest error of ≤ 1.3e-2 of the tensor's largest sum. Sums of the same
   weight in adjacent layers differ by a median of ≥ 15%, so the bars below still catch a wrong tensor.
 
+Over more tokens the per-token drift averages out: at llama-imatrix's defaults over the whole
+calibration text (42 chunks of 512), measured once against the same cb_eval collector, every count is
+identical (21,504) and the sums agree to a per-tensor median of ≤ 3.3e-3 and ≤ 1.7e-3 of the largest sum.
+
 What that difference costs: none measurable — quantizing with our imatrix instead of llama.cpp's
 changes the imatrix-weighted error by < 0.1% (test_quantizing_with_it_*).
 """
