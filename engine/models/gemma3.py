@@ -42,6 +42,7 @@ from engine.runtime.kernels import (
     rmsnorm,
     rope_neox,
 )
+from engine.runtime.kernels.qgemm import qgemm
 from engine.runtime.kv_cache import KVCache
 
 ARCH = "gemma3"
@@ -152,8 +153,11 @@ def _norm(model: GGUFModel, name: str, n: int) -> np.ndarray:
 
 
 def _mm(w: QWeight, x: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """One token: the mat-vec kernels; several (prefill): the token-tiled kernels (bit-identical)."""
     limit = LAYER_INT_MAX_TOKENS if limit is None else limit
-    return matvec(w, x) if x.shape[0] <= limit else matmul_dense(w, x)
+    if x.shape[0] > limit:
+        return matmul_dense(w, x)
+    return matvec(w, x) if x.shape[0] == 1 else qgemm(w, x)
 
 
 class Gemma3:
