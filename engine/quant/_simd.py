@@ -415,3 +415,54 @@ def requant(typingctx, x, xo, add, dl, lo, hi, bias, L, n):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def mxfp4_indices(typingctx, x, xo, d, idx):
+    """ggml best_index_mxfp4 for x[xo:xo+32] at scale d into idx[0:32] (uint8), 8 lanes at a time.
+
+    C scans all 16 entries and keeps the first strict minimum of ``fabsf(kvalues[i]*d - x)``; only
+    entry 0 and the seven entries of x's sign can win (see :mod:`engine.quant.mxfp4`), scanned in
+    the same order with the same comparisons.  ``kvalues[i]*d`` is exact (d a power of two).
+    """
+    ok = (
+        _is_c(x, types.float32)
+        and _is_c(idx, types.uint8)
+        and d == types.float32
+        and isinstance(xo, types.Integer)
+    )
+    if not ok:
+        return None
+    sig = types.void(x, xo, d, idx)
+
+    def codegen(context, builder, signature, args):
+        x_, xo_, d_, idx_ = args
+        ta = signature.args
+        xp = _data(context, builder, ta[0], x_)
+        ip = _data(context, builder, ta[3], idx_)
+        xo_ = context.cast(builder, xo_, ta[1], types.int64)
+        dv = _splat(builder, d_)
+        i64 = ir.IntType(64)
+        absmask = ir.Constant(_V8I32, [0x7FFFFFFF] * 8)
+
+        def fabs(v):
+            return builder.bitcast(builder.and_(builder.bitcast(v, _V8I32), absmask), _V8F)
+
+        for c in range(4):
+            off = ir.Constant(i64, 8 * c)
+            xv = _vload(builder, xp, builder.add(xo_, off))
+            neg = builder.fcmp_ordered("<", xv, _splat_const(0.0))  # Kvant's split: x >= 0 or not
+            base = builder.select(neg, ir.Constant(_V8I32, [8] * 8), ir.Constant(_V8I32, None))
+            best = ir.Constant(_V8I32, None)
+            best_err = fabs(xv)
+            for i, v in enumerate((1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0), start=1):
+                c_pos = builder.fmul(_splat_const(v), dv)
+                c_neg = builder.fmul(_splat_const(-v), dv)
+                err = fabs(builder.fsub(builder.select(neg, c_neg, c_pos), xv))
+                better = builder.fcmp_ordered("<", err, best_err)
+                best = builder.select(better, builder.add(base, ir.Constant(_V8I32, [i] * 8)), best)
+                best_err = builder.select(better, err, best_err)
+            _vstore(builder, builder.trunc(best, _V8I8), ip, off, _V8I8)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -100,7 +100,7 @@ def _iq23_rows(kind, x, qw, has_qw, out, err, grid, kmap, neigh, kblk, nbg, nchu
 
 
 @njit(parallel=True, **_JIT)
-def _iq1_rows(is_m, x, qw, has_qw, out, err, grid, kmap, neigh, nchunks):
+def _iq1_rows(is_m, x, qw, has_qw, out, err, grid, kmap, neigh, kblk, nbg, nchunks):
     nrows, n = x.shape
     nb = n // QK_K
     ts = out.shape[1] // nb
@@ -112,6 +112,7 @@ def _iq1_rows(is_m, x, qw, has_qw, out, err, grid, kmap, neigh, nchunks):
     L = np.zeros((nchunks, 32), np.int64)
     scales = np.zeros((nchunks, 16), np.float32)
     shifts = np.zeros((nchunks, 16), np.int64)
+    acc = np.zeros((nchunks, 8), np.float32)
     for c in prange(nchunks):
         for r in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
             for b in range(nb):
@@ -121,13 +122,13 @@ def _iq1_rows(is_m, x, qw, has_qw, out, err, grid, kmap, neigh, nchunks):
                 qb = qw[b * QK_K : (b + 1) * QK_K]
                 if is_m:
                     e = S.iq1m_block(
-                        xflat, xo, qb, has_qw, yb, grid, kmap, neigh, weight[c], sumx[c], sumw[c], idx[c],
-                        L[c], scales[c], shifts[c],
+                        xflat, xo, qb, has_qw, yb, grid, kmap, neigh, kblk, nbg, weight[c], sumx[c], sumw[c],
+                        idx[c], L[c], scales[c], shifts[c], acc[c],
                     )  # fmt: skip
                 else:
                     e = S.iq1s_block(
-                        xflat, xo, qb, yb, grid, kmap, neigh, weight[c], sumx[c, 0], sumw[c, 0], idx[c],
-                        L[c], scales[c], shifts[c],
+                        xflat, xo, qb, yb, grid, kmap, neigh, kblk, nbg, weight[c], sumx[c, 0], sumw[c, 0],
+                        idx[c], L[c], scales[c], shifts[c], acc[c],
                     )  # fmt: skip
                 if e:
                     err[r] = e
@@ -170,6 +171,7 @@ def _quantize(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
             _chunks(nrows),
         )
     else:
+        kblk, nbg = neighbour_blocks(name)
         _iq1_rows(
             name == "IQ1_M",
             x,
@@ -180,6 +182,8 @@ def _quantize(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
             t.grid,
             t.kmap,
             t.neighbours,
+            kblk,
+            nbg,
             _chunks(nrows),
         )
     bad = np.flatnonzero(err)

@@ -338,21 +338,24 @@ def _stable_argsort(v, o, n, idx):
 
 
 @njit(**_JIT)
-def _iq1_neighbour(neigh, off, grid, xflat, base, weight, wo, scale, xx, L, lo):
-    """iq1_find_best_neighbour2; writes L[lo:lo+8]; -1 when none wins (C asserts)."""
+def _iq1_neighbour(u, kmap, neigh, kblk, nbg, grid, xflat, base, weight, wo, scale, xx, L, lo, acc):
+    """iq1_find_best_neighbour2 for the off-grid point ``u``; writes L[lo:lo+8]; -1 when none wins.
+
+    The listed candidates are scored 8 per lane as in :func:`_iq23_neighbour`, with
+    ``q = xx[(g - 1) / 2] = g * 0.5 + (xx[0] - 0.5)`` (exact: quarter-integers).
+    """
+    off = -np.int64(kmap[u]) - 1
     n = np.int64(neigh[off])
+    b0 = np.int64(kblk[u])
     best = FLT_MAX
     gi = -1
-    for j in range(1, n + 1):
-        idx = np.int64(neigh[off + j])
-        d2 = F32(0.0)
-        for i in range(8):
-            q = xx[(np.int64(grid[idx, i]) - 1) // 2]
-            diff = F32(F32(scale * q) - xflat[base + i])
-            d2 = F32(d2 + F32(F32(weight[wo + i] * diff) * diff))
-        if d2 < best:
-            best = d2
-            gi = idx
+    qb = F32(xx[0] - F32(0.5))
+    for b in range((n + 7) >> 3):
+        score8(nbg, (b0 + b) * 64, xflat, base, weight, wo, 8, scale, F32(0.5), qb, acc)
+        for jj in range(min(8, n - 8 * b)):
+            if acc[jj] < best:
+                best = acc[jj]
+                gi = np.int64(neigh[off + 1 + 8 * b + jj])
     if gi < 0:
         # C's fallback scans the whole grid and reads xval[i] with i the grid index (past the 8
         # values, into the rest of the input): reproduced while that stays inside the input.
@@ -392,7 +395,9 @@ def _iq1_sigma2(x):
 
 
 @njit(**_JIT)
-def iq1s_block(xflat, xo, qw, y, grid, kmap, neigh, weight, sumx, sumw, idx, L, scales, shifts):
+def iq1s_block(
+    xflat, xo, qw, y, grid, kmap, neigh, kblk, nbg, weight, sumx, sumw, idx, L, scales, shifts, acc
+):
     """One IQ1_S super-block (input xflat[xo:xo+256]) into y (zeroed); 0 or an error code."""
     x = xflat[xo : xo + QK_K]
     bs = 32
@@ -463,8 +468,9 @@ def iq1s_block(xflat, xo, qw, y, grid, kmap, neigh, weight, sumx, sumw, idx, L, 
             if gi < 0:
                 all_on_grid = False
                 gi = _iq1_neighbour(
-                    neigh, -gi - 1, grid, xflat, xo + o + 8 * k, weight, 8 * k, scale, xx, L, 8 * k
-                )
+                    u, kmap, neigh, kblk, nbg, grid, xflat, xo + o + 8 * k, weight, 8 * k, scale, xx, L,
+                    8 * k, acc,
+                )  # fmt: skip
                 if gi < 0:
                     return ERR_NO_NEIGHBOUR
             index[k] = gi
@@ -505,7 +511,9 @@ def iq1s_block(xflat, xo, qw, y, grid, kmap, neigh, weight, sumx, sumw, idx, L, 
 
 
 @njit(**_JIT)
-def iq1m_block(xflat, xo, qw, has_qw, y, grid, kmap, neigh, weight, px, pw, idx, L, scales, shifts):
+def iq1m_block(
+    xflat, xo, qw, has_qw, y, grid, kmap, neigh, kblk, nbg, weight, px, pw, idx, L, scales, shifts, acc
+):
     """One IQ1_M super-block (input xflat[xo:xo+256]) into y (zeroed); 0 or an error code."""
     x = xflat[xo : xo + QK_K]
     bs = 16
@@ -599,8 +607,9 @@ def iq1m_block(xflat, xo, qw, has_qw, y, grid, kmap, neigh, weight, px, pw, idx,
             if gi < 0:
                 all_on_grid = False
                 gi = _iq1_neighbour(
-                    neigh, -gi - 1, grid, xflat, xo + o + 8 * k, weight, 8 * k, scale, xx, L, 8 * k
-                )
+                    u, kmap, neigh, kblk, nbg, grid, xflat, xo + o + 8 * k, weight, 8 * k, scale, xx, L,
+                    8 * k, acc,
+                )  # fmt: skip
                 if gi < 0:
                     return ERR_NO_NEIGHBOUR
             index[k] = gi

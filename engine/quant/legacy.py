@@ -35,6 +35,7 @@ from engine.quant._common import (
     trunc_i8,
     trunc_i32,
 )
+from engine.quant._simd import qkx_errors, qkx_products, qx_products
 from engine.quant.format import QuantFormat
 
 QK = 32
@@ -86,8 +87,11 @@ def _block_weights(x, o, im, sigma2, weight):
 
 
 @njit(**INLINE)
-def _make_qx_quants_w(n, nmax, x, o, L, w):
-    """make_qx_quants(n, nmax, x+o, L, rmse_type=1, qw=w): returns the scale; L in [0, 2*nmax)."""
+def _make_qx_quants_w(n, nmax, x, o, L, w, scr):
+    """make_qx_quants(n, nmax, x+o, L, rmse_type=1, qw=w): returns the scale; L in [0, 2*nmax).
+
+    ``scr``: float32 (>= 2, >= n) scratch for the trial terms (computed 8 lanes at a time).
+    """
     vmax = np.float32(0.0)
     amax = np.float32(0.0)
     for i in range(n):
@@ -111,20 +115,20 @@ def _make_qx_quants_w(n, nmax, x, o, L, w):
         suml2 = np.float32(suml2 + np.float32(np.float32(w[i] * fl) * fl))
     scale = np.float32(sumlx / suml2) if suml2 != 0 else np.float32(0.0)
     best = np.float32(scale * sumlx)
+    tx = scr[0, :n]
+    t2 = scr[1, :n]
     for step in range(-9, 10):
         if step == 0:
             continue
         iscale = np.float32(
             -np.float32(np.float32(nmax) + np.float32(np.float32(0.1) * np.float32(step))) / vmax
         )
+        qx_products(x[o : o + n], w, iscale, nmax, n, tx, t2)
         sumlx = np.float32(0.0)
         suml2 = np.float32(0.0)
         for i in range(n):
-            li = nearest_int(np.float32(iscale * x[o + i]))
-            li = max(-nmax, min(nmax - 1, li))
-            fl = np.float32(li)
-            sumlx = np.float32(sumlx + np.float32(np.float32(w[i] * x[o + i]) * fl))
-            suml2 = np.float32(suml2 + np.float32(np.float32(w[i] * fl) * fl))
+            sumlx = np.float32(sumlx + tx[i])
+            suml2 = np.float32(suml2 + t2[i])
         if suml2 > 0 and np.float32(sumlx * sumlx) > np.float32(best * suml2):
             for i in range(n):
                 li = nearest_int(np.float32(iscale * x[o + i]))
@@ -135,8 +139,11 @@ def _make_qx_quants_w(n, nmax, x, o, L, w):
 
 
 @njit(**INLINE)
-def _make_qkx3_quants_w(n, nmax, x, o, w, L, Laux, rmin, rdelta, nstep):
-    """make_qkx3_quants(..., use_mad=false) with weights: returns (scale, the_min)."""
+def _make_qkx3_quants_w(n, nmax, x, o, w, L, Laux, rmin, rdelta, nstep, scr):
+    """make_qkx3_quants(..., use_mad=false) with weights: returns (scale, the_min).
+
+    ``Laux`` uint8; ``scr``: float32 (3, >= n) scratch for the trial terms (8 lanes at a time).
+    """
     vmin = x[o]
     vmax = x[o]
     sum_w = w[0]
@@ -164,24 +171,24 @@ def _make_qkx3_quants_w(n, nmax, x, o, w, L, Laux, rmin, rdelta, nstep):
         diff = np.float32(np.float32(np.float32(scale * np.float32(L[i])) + vmin) - x[o + i])
         diff = np.float32(diff * diff)
         best_mad = np.float32(best_mad + np.float32(w[i] * diff))
+    xb = x[o : o + n]
+    tl = scr[0, :n]
+    tl2 = scr[1, :n]
+    txl = scr[2, :n]
     for step in range(nstep + 1):
         # C reuses `min`, which an accepted step replaces by this_min: max - min moves too.
         iscale = np.float32(
             np.float32(np.float32(rmin + np.float32(rdelta * np.float32(step))) + np.float32(nmax))
             / np.float32(vmax - vmin)
         )
+        qkx_products(xb, w, iscale, vmin, nmax, n, Laux, tl, tl2, txl)
         sum_l = np.float32(0.0)
         sum_l2 = np.float32(0.0)
         sum_xl = np.float32(0.0)
         for i in range(n):
-            li = nearest_int(np.float32(iscale * np.float32(x[o + i] - vmin)))
-            li = max(0, min(nmax, li))
-            Laux[i] = li
-            fl = np.float32(li)
-            wl = np.float32(w[i] * fl)
-            sum_l = np.float32(sum_l + wl)
-            sum_l2 = np.float32(sum_l2 + np.float32(wl * fl))
-            sum_xl = np.float32(sum_xl + np.float32(wl * x[o + i]))
+            sum_l = np.float32(sum_l + tl[i])
+            sum_l2 = np.float32(sum_l2 + tl2[i])
+            sum_xl = np.float32(sum_xl + txl[i])
         D = np.float32(np.float32(sum_w * sum_l2) - np.float32(sum_l * sum_l))
         if D > 0:
             this_scale = np.float32(np.float32(np.float32(sum_w * sum_xl) - np.float32(sum_x * sum_l)) / D)
@@ -189,13 +196,10 @@ def _make_qkx3_quants_w(n, nmax, x, o, w, L, Laux, rmin, rdelta, nstep):
             if this_min > 0:
                 this_min = np.float32(0.0)
                 this_scale = np.float32(sum_xl / sum_l2)
+            qkx_errors(xb, w, Laux, this_scale, this_min, n, False, tl)
             mad = np.float32(0.0)
             for i in range(n):
-                diff = np.float32(
-                    np.float32(np.float32(this_scale * np.float32(Laux[i])) + this_min) - x[o + i]
-                )
-                diff = np.float32(diff * diff)
-                mad = np.float32(mad + np.float32(w[i] * diff))
+                mad = np.float32(mad + tl[i])
             if mad < best_mad:
                 for i in range(n):
                     L[i] = Laux[i]
@@ -237,13 +241,14 @@ def _q4_0_rows(x, out, im, has_im):
         yr = out[r]
         L = np.zeros(QK, dtype=np.int64)
         weight = np.zeros(QK, dtype=np.float32)
+        scr = np.zeros((3, QK), dtype=np.float32)
         sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
         for ib in range(nb):
             o = ib * QK
             p = ib * 18
             if has_im:
                 _block_weights(xr, o, im, sigma2, weight)
-                d = _make_qx_quants_w(QK, 8, xr, o, L, weight)
+                d = _make_qx_quants_w(QK, 8, xr, o, L, weight, scr)
                 put_u16(yr, p, f32_to_f16_bits(d))
                 _pack_nibbles(L, yr, p + 2)
             else:
@@ -264,8 +269,9 @@ def _q4_1_rows(x, out, im, has_im):
         xr = x[r]
         yr = out[r]
         L = np.zeros(QK, dtype=np.int64)
-        Laux = np.zeros(QK, dtype=np.int64)
+        Laux = np.zeros(QK, dtype=np.uint8)
         weight = np.zeros(QK, dtype=np.float32)
+        scr = np.zeros((3, QK), dtype=np.float32)
         sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
         for ib in range(nb):
             o = ib * QK
@@ -273,7 +279,7 @@ def _q4_1_rows(x, out, im, has_im):
             if has_im:
                 _block_weights(xr, o, im, sigma2, weight)
                 d, the_min = _make_qkx3_quants_w(
-                    QK, 15, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36
+                    QK, 15, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, scr
                 )
                 put_u16(yr, p, f32_to_f16_bits(d))
                 put_u16(yr, p + 2, f32_to_f16_bits(-the_min))
@@ -298,13 +304,14 @@ def _q5_0_rows(x, out, im, has_im):
         yr = out[r]
         L = np.zeros(QK, dtype=np.int64)
         weight = np.zeros(QK, dtype=np.float32)
+        scr = np.zeros((3, QK), dtype=np.float32)
         sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
         for ib in range(nb):
             o = ib * QK
             p = ib * 22
             if has_im:
                 _block_weights(xr, o, im, sigma2, weight)
-                d = _make_qx_quants_w(QK, 16, xr, o, L, weight)
+                d = _make_qx_quants_w(QK, 16, xr, o, L, weight, scr)
             else:
                 _amax, vmax = _block_absmax(xr, o)
                 d = np.float32(vmax / np.float32(-16.0))
@@ -325,8 +332,9 @@ def _q5_1_rows(x, out, im, has_im):
         xr = x[r]
         yr = out[r]
         L = np.zeros(QK, dtype=np.int64)
-        Laux = np.zeros(QK, dtype=np.int64)
+        Laux = np.zeros(QK, dtype=np.uint8)
         weight = np.zeros(QK, dtype=np.float32)
+        scr = np.zeros((3, QK), dtype=np.float32)
         sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
         for ib in range(nb):
             o = ib * QK
@@ -334,7 +342,7 @@ def _q5_1_rows(x, out, im, has_im):
             if has_im:
                 _block_weights(xr, o, im, sigma2, weight)
                 d, the_min = _make_qkx3_quants_w(
-                    QK, 31, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36
+                    QK, 31, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, scr
                 )
                 put_u16(yr, p, f32_to_f16_bits(d))
                 put_u16(yr, p + 2, f32_to_f16_bits(-the_min))

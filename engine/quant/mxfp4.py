@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from engine.quant._common import KERNEL, trunc_i32
+from engine.quant._simd import mxfp4_indices
 from engine.quant.format import QuantFormat
 
 QK = 32
@@ -67,6 +68,7 @@ def _mxfp4_rows(x, out, kv):
     for r in prange(rows):
         xr = x[r]
         yr = out[r]
+        idx = np.empty(QK, np.uint8)  # per row: negligible next to a row's work
         for ib in range(nb):
             o = ib * QK
             p = ib * TYPE_SIZE
@@ -78,10 +80,9 @@ def _mxfp4_rows(x, out, kv):
             e = _exponent(amax)
             d = _e8m0_half(e)
             yr[p] = e
+            mxfp4_indices(xr, o, d, idx)  # = _best_index per element, 8 lanes at a time
             for j in range(16):
-                lo = _best_index(kv, xr[o + j], d)
-                hi = _best_index(kv, xr[o + 16 + j], d)
-                yr[p + 1 + j] = (lo | (hi << 4)) & 0xFF
+                yr[p + 1 + j] = idx[j] | (idx[16 + j] << 4)
 
 
 @njit(**KERNEL, parallel=True)
