@@ -44,6 +44,16 @@ def drain(gen, label: str = ""):
             last = now
 
 
+def table_row(q: Path, info, r) -> str:
+    return (
+        f"| {info.file_type or q.stem}{' (imatrix)' if q.stem.endswith('-imatrix') else ''} "
+        f"| {info.file_size / 2**20:.1f} | {info.bits_per_weight:.2f} "
+        f"| {r.ppl_quant:.3f} ± {r.ppl_quant_err:.3f} | {r.ppl_ratio:.4f} | {r.kld.mean:.5f} "
+        f"| {r.kld.median:.5f} | {r.kld.percentile(99.0):.4f} | {100 * r.same_top:.2f}% "
+        f"| {100 * r.dp.rms:.2f}% |"
+    )
+
+
 def make_quants(
     base: Path, presets: list[str], out_dir: Path, imatrix: Path | None = None
 ) -> tuple[list[Path], list[str]]:
@@ -120,7 +130,8 @@ def main(argv: list[str]) -> int:
             info = read_model_info(q)
             rows.append((q, info, res))
             print(
-                f"{q.name}: PPL {res.ppl_quant:.4f}, KLD {res.kld.mean:.6f}, same top {res.same_top:.4f}",
+                f"{q.name}: PPL {res.ppl_quant:.4f}, KLD {res.kld.mean:.6f}, same top {res.same_top:.4f}"
+                f"\n  row: {table_row(q, info, res)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -145,13 +156,7 @@ def main(argv: list[str]) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for q, info, r in sorted(rows, key=lambda x: -x[1].bits_per_weight):
-        print(
-            f"| {info.file_type or q.stem}{' (imatrix)' if q.stem.endswith('-imatrix') else ''} "
-            f"| {info.file_size / 2**20:.1f} | {info.bits_per_weight:.2f} "
-            f"| {r.ppl_quant:.3f} ± {r.ppl_quant_err:.3f} | {r.ppl_ratio:.4f} | {r.kld.mean:.5f} "
-            f"| {r.kld.median:.5f} | {r.kld.percentile(99.0):.4f} | {100 * r.same_top:.2f}% "
-            f"| {100 * r.dp.rms:.2f}% |"
-        )
+        print(table_row(q, info, r))
     if skipped:
         print(f"\nSkipped: {', '.join(skipped)}")
     return 0

@@ -212,6 +212,32 @@ def test_new_activation_conversions_equal_references():
     np.testing.assert_array_equal(round_bf16(x).view(np.uint32), round_bf16_ref(x).view(np.uint32))
 
 
+def test_lut16_lookups_equal_numpy():
+    """The 16-entry table lookup of IQ4_NL / IQ4_XS / MXFP4 codes: the pshufb path (where the CPU
+    has it) and the lane-by-lane path of other CPUs both give kv[low nibble], kv[high nibble]."""
+    from numba import njit
+
+    from engine.runtime.kernels import qkernels as qk
+
+    def runner(lut):
+        @njit
+        def run(src, kv, dst):
+            for b in range(src.size // 16):
+                lut(src, b * 16, kv, dst, b * 32)
+
+        return run
+
+    src = np.random.default_rng(3).integers(0, 256, 16 * 40, dtype=np.uint8)
+    src[:16] = np.arange(16) * 17  # every index in both nibbles
+    for kv in (qk.KVALUES_IQ4NL, qk.KVALUES_MXFP4):
+        want = np.stack([kv[src.reshape(-1, 16) & 15], kv[src.reshape(-1, 16) >> 4]], axis=1).reshape(-1)
+        paths = [qk._lut16_generic] + ([qk._lut16_pshufb] if qk._PSHUFB else [])
+        for lut in paths:
+            got = np.zeros(src.size * 2, np.int8)
+            runner(lut)(src, kv, got)
+            np.testing.assert_array_equal(got, want)
+
+
 # ============================================================================ the checks can fail
 
 

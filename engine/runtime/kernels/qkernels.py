@@ -30,7 +30,9 @@ rows or chunks of rows, with any scratch buffers hoisted per chunk.
 from __future__ import annotations
 
 import functools
+import platform
 
+import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -67,6 +69,69 @@ def _i32(builder, a):
 
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)
+
+
+# x86 with SSSE3: 16-entry byte tables are looked up with pshufb, 16 lanes per instruction
+_PSHUFB = (
+    platform.machine().lower() in ("x86_64", "amd64")
+    and "+ssse3" in llvm_binding.get_host_cpu_features().flatten()
+)
+
+
+def _lut_codegen(pshufb: bool):
+    def codegen(context, builder, signature, args):
+        src, so, kv, dst, do = args
+        i8 = ir.IntType(8)
+        v16 = ir.VectorType(i8, 16)
+
+        def vptr(ty, arr, off):
+            a = context.make_array(ty)(context, builder, arr)
+            return builder.bitcast(
+                builder.gep(builder.bitcast(a.data, i8.as_pointer()), [off]), v16.as_pointer()
+            )
+
+        q = builder.load(vptr(signature.args[0], src, so), align=1)
+        tbl = builder.load(vptr(signature.args[2], kv, ir.Constant(ir.IntType(64), 0)), align=1)
+        lo = builder.and_(q, ir.Constant(v16, [15] * 16))
+        hi = builder.lshr(q, ir.Constant(v16, [4] * 16))
+        if pshufb:
+            name = "llvm.x86.ssse3.pshuf.b.128"
+            fn = builder.module.globals.get(name) or ir.Function(
+                builder.module, ir.FunctionType(v16, [v16, v16]), name
+            )
+            a = builder.call(fn, [tbl, lo])
+            b = builder.call(fn, [tbl, hi])
+        else:
+            a = b = ir.Constant(v16, None)
+            for j in range(16):
+                jj = ir.Constant(ir.IntType(32), j)
+                a = builder.insert_element(
+                    a, builder.extract_element(tbl, builder.extract_element(lo, jj)), jj
+                )
+                b = builder.insert_element(
+                    b, builder.extract_element(tbl, builder.extract_element(hi, jj)), jj
+                )
+        builder.store(a, vptr(signature.args[3], dst, do), align=1)
+        builder.store(b, vptr(signature.args[3], dst, builder.add(do, ir.Constant(do.type, 16))), align=1)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _lut_typer(pshufb: bool):
+    def typer(typingctx, src, so, kv, dst, do):
+        """dst[do + j] = kv[src[so + j] & 15] and dst[do + 16 + j] = kv[src[so + j] >> 4] for j < 16
+        (one 32-element block of 4-bit table indices; kv: the 16-byte table; no bounds checks)."""
+        if not (isinstance(so, types.Integer) and isinstance(do, types.Integer)):
+            return None
+        return types.void(src, so, kv, dst, do), _lut_codegen(pshufb)
+
+    return typer
+
+
+_lut16_pshufb = intrinsic(_lut_typer(True))
+_lut16_generic = intrinsic(_lut_typer(False))  # lane by lane (any CPU; tested against NumPy)
+_lut16 = _lut16_pshufb if _PSHUFB else _lut16_generic
 
 
 @functools.cache
@@ -428,31 +493,6 @@ def _u_iq1_m(qs, qh, sc, grid, r, q, ls):
 
 # ============================================================================ mat-vec drivers
 # One small driver per type: Numba cannot cache kernels that take other kernels as arguments.
-
-
-@njit(**KERNEL, parallel=True)
-def mv_lut4(qs, d, kv, xq, xd, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 32, np.int8)
-        sums = np.empty(4, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_lut4(qs, kv, r, q)
-            for t in range(xq.shape[0]):
-                out[t, r] = _dot_q8_0(q, d, r, xq, xd, t, sums)
-
-
-@njit(**KERNEL, parallel=True)
-def mv_iq4_xs(qs, sc, d, kv, xq, xd, out):
-    rows, nb = d.shape
-    for c in prange((rows + CH - 1) // CH):
-        q = np.empty(nb * 256, np.int8)
-        ls = np.empty(nb * 16, np.int32)
-        lane = np.empty(16, np.int32)
-        for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq4_xs(qs, sc, kv, r, q, ls)
-            for t in range(xq.shape[0]):
-                out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
 
 @njit(**KERNEL, parallel=True)
@@ -871,6 +911,78 @@ def mv_q5_1(qs, qh, d, m, xq, xd, xs, out):
                     )
                 acc += (d[r, b] * xd[t, b]) * np.float32(s0) + m[r, b] * xs[t, b]
             out[t, r] = acc
+
+
+@njit(**_INLINE)
+def _sums4x32(q, x):
+    """Integer dots of four consecutive 32-element blocks (q, x: 128 int8 each)."""
+    s0 = np.int32(0)
+    s1 = np.int32(0)
+    s2 = np.int32(0)
+    s3 = np.int32(0)
+    for j in range(32):
+        s0 = np.int32(s0 + np.int32(q[j]) * np.int32(x[j]))
+        s1 = np.int32(s1 + np.int32(q[32 + j]) * np.int32(x[32 + j]))
+        s2 = np.int32(s2 + np.int32(q[64 + j]) * np.int32(x[64 + j]))
+        s3 = np.int32(s3 + np.int32(q[96 + j]) * np.int32(x[96 + j]))
+    return s0, s1, s2, s3
+
+
+@njit(**KERNEL, parallel=True)
+def mv_lut4(qs, d, kv, xq, xd, out):
+    """IQ4_NL / MXFP4 (4-bit indices into the 16-entry table kv) · Q8_0: each row's codes looked
+    up 16 at a time (:func:`_lut16`) into a scratch row, then integer dots four blocks at a time."""
+    rows, nb = d.shape
+    nb4 = nb - nb % 4
+    for c in prange((rows + CH - 1) // CH):
+        q = np.empty(nb * 32, np.int8)
+        for r in range(c * CH, min(rows, c * CH + CH)):
+            qr = qs[r]
+            for b in range(nb):
+                _lut16(qr, b * 16, kv, q, b * 32)
+            for t in range(xq.shape[0]):
+                acc = np.float32(0.0)
+                for b in range(0, nb4, 4):
+                    s = _sums4x32(q[b * 32 : b * 32 + 128], xq[t, b * 32 : b * 32 + 128])
+                    for i in range(4):
+                        acc += (d[r, b + i] * xd[t, b + i]) * np.float32(s[i])
+                for b in range(nb4, nb):
+                    si = np.int32(0)
+                    for j in range(32):
+                        si = np.int32(si + np.int32(q[b * 32 + j]) * np.int32(xq[t, b * 32 + j]))
+                    acc += (d[r, b] * xd[t, b]) * np.float32(si)
+                out[t, r] = acc
+
+
+@njit(**KERNEL, parallel=True)
+def mv_iq4_xs(qs, sc, d, kv, xq, xd, out):
+    """IQ4_XS · Q8_K: codes looked up as in :func:`mv_lut4`, one scale per 32 elements."""
+    rows, nb = d.shape
+    for c in prange((rows + CH - 1) // CH):
+        q = np.empty(nb * 256, np.int8)
+        for r in range(c * CH, min(rows, c * CH + CH)):
+            qr = qs[r]
+            for i in range(nb * 8):
+                _lut16(qr, i * 16, kv, q, i * 32)
+            for t in range(xq.shape[0]):
+                acc = np.float32(0.0)
+                for b in range(nb):
+                    o = b * 256
+                    s = _sums4x32(q[o : o + 128], xq[t, o : o + 128])
+                    u = _sums4x32(q[o + 128 : o + 256], xq[t, o + 128 : o + 256])
+                    k = b * 8
+                    sumi = np.int32(
+                        np.int32(sc[r, k]) * s[0]
+                        + np.int32(sc[r, k + 1]) * s[1]
+                        + np.int32(sc[r, k + 2]) * s[2]
+                        + np.int32(sc[r, k + 3]) * s[3]
+                        + np.int32(sc[r, k + 4]) * u[0]
+                        + np.int32(sc[r, k + 5]) * u[1]
+                        + np.int32(sc[r, k + 6]) * u[2]
+                        + np.int32(sc[r, k + 7]) * u[3]
+                    )
+                    acc += (d[r, b] * xd[t, b]) * np.float32(sumi)
+                out[t, r] = acc
 
 
 # ============================================================================ dequantize drivers
