@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
 from engine.cli import run_cli
-from engine.convert import Imatrix, ImatrixEntry, compute_imatrix, load_imatrix, make_plan, save_imatrix
+from engine.convert import Imatrix, ImatrixEntry, load_imatrix, make_plan, save_imatrix
 from engine.convert.source import SourceTensor, hparams_from_metadata
 from engine.convert.synthetic import SyntheticSpec, synthetic_imatrix, write_synthetic
 from engine.errors import KvantError
@@ -67,8 +67,6 @@ def test_imatrix_errors(tmp_path):
         load_imatrix(tmp_path / "bad.dat")
     with pytest.raises(KvantError):
         load_imatrix(tmp_path / "missing.gguf")
-    with pytest.raises(KvantError, match="not implemented"):
-        compute_imatrix()
 
 
 def test_imatrix_size_mismatch_is_an_error(tiny, tmp_path):
