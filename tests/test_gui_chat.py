@@ -126,6 +126,8 @@ def test_load_stream_stats_save_stop_and_stay_responsive(qtbot, page, paths, def
     load_gap = meter.stop()
     assert page.model.n_ctx == 1024
     assert "loaded" in page.model_status.text() and "CPU" in page.model_status.text()
+    # "auto" asked for GPU layers; with no usable GPU here the model says why and runs on the CPU
+    assert page.model.offload.n_gpu_layers == 0 and page.gpu_label.text() == page.model.offload.message()
 
     meter.start()
     qtbot.waitUntil(lambda: not page.is_generating, timeout=180_000)
@@ -270,7 +272,15 @@ def test_settings_panel_and_gpu_note(page):
     assert not page.settings_panel.isVisible()
     page.settings_toggle.click()
     assert page.settings_panel.isVisible()
-    assert "CPU only" in page.gpu_label.text()
+    assert page.gpu_layers() == "auto" and "free VRAM" in page.gpu_label.text()
+    assert not page.gpu_layers_spin.isVisibleTo(page)
+    page.set_gpu_layers(12)
+    assert page.gpu_layers() == 12 and page.gpu_layers_spin.isVisibleTo(page)
+    page.set_gpu_layers("all")
+    assert page.gpu_layers() == "all" and not page.gpu_layers_spin.isVisibleTo(page)
+    page.set_gpu_layers(0)
+    assert page.gpu_layers() == 0
+    page.set_gpu_layers("auto")
     page.seed.setValue(-1)
     page.top_k.setValue(0)
     s = page.sampling()
@@ -322,3 +332,14 @@ def test_answers_feed_the_planner_calibration(qtbot, page, paths, default_entry)
     assert store.load() == [rec]  # only the long-enough answer counted
     assert rec.measured_tok_s == 40.0 and rec.measured_bytes == 300 << 20 and rec.n_ctx == 2048
     assert rec.predicted_tok_s > 0 and rec.quant and rec.model
+
+
+def test_gpu_split_is_shown_after_load():
+    from gui.pages.chat import _where
+
+    split = SimpleNamespace(offload=SimpleNamespace(n_gpu_layers=9, n_layer=18, output_on_gpu=False))
+    assert _where(split) == "GPU: 9 of 18 layers"
+    full = SimpleNamespace(offload=SimpleNamespace(n_gpu_layers=18, n_layer=18, output_on_gpu=True))
+    assert _where(full) == "GPU: 18 of 18 layers + output"
+    assert _where(SimpleNamespace(offload=SimpleNamespace(n_gpu_layers=0, n_layer=18))) == "CPU"
+    assert _where(SimpleNamespace()) == "CPU"

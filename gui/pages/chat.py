@@ -57,7 +57,11 @@ from gui.chat_store import ChatStore, Conversation, chats_dir
 from gui.worker import GeneratorWorker, WorkerPool, callback_generator
 
 CALIBRATE_MIN_TOKENS = 16  # decoded tokens an answer needs before its speed counts as a measurement
-GPU_NOTE = "CPU only (GPU offload arrives with the GPU backend)"
+GPU_NOTE = (
+    "Auto: the planner puts as many layers on NVIDIA GPUs as fit in free VRAM (CPU only when there is no "
+    "usable GPU, and the model line says why)"
+)
+GPU_CHOICES = (("Auto (fit in free VRAM)", "auto"), ("CPU only", 0), ("All layers", "all"), ("Layers:", "n"))
 RENDER_INTERVAL_MS = 80
 USER_BG = QColor("#e8f0fb")
 ASSISTANT_BG = QColor("#f6f6f4")
@@ -98,11 +102,13 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _load_job(path: str, n_ctx: int):
+def _load_job(path: str, n_ctx: int, n_gpu_layers: int | str = 0):
     def factory(token: CancelToken) -> Generator[Progress, None, Any]:
         def call(report):
             before = _rss()
-            model = engine.open_model(path, n_ctx=n_ctx, progress=report, cancel=token)
+            model = engine.open_model(
+                path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, progress=report, cancel=token
+            )
             try:  # one tiny forward pass: the first answer then pays no lazy imports or dispatch
                 model.logits(model.tokenize("Hello"))
                 model.reset()
@@ -131,6 +137,17 @@ def _calibration_job(path: str, n_ctx: int, tok_s: float, loaded_bytes: int, pat
         return record_run(path, n_ctx=n_ctx, measured_tok_s=tok_s, measured_bytes=loaded_bytes, store=store)
 
     return factory
+
+
+def _where(model: Any) -> str:
+    """Where the loaded model runs: "CPU", or its GPU layer split."""
+    offload = getattr(model, "offload", None)
+    n = getattr(offload, "n_gpu_layers", 0) or 0
+    if n <= 0:
+        return "CPU"
+    total = getattr(offload, "n_layer", 0)
+    out = " + output" if getattr(offload, "output_on_gpu", False) else ""
+    return f"GPU: {n} of {total} layers{out}"
 
 
 def _rate(v: float | None, unit: str, digits: int = 1) -> str:
@@ -292,11 +309,26 @@ class ChatPage(QWidget):
         self.seed.setRange(-1, 2**31 - 1)
         self.seed.setValue(-1)
         self.seed.setSpecialValueText("random")
+        self.gpu_combo = QComboBox()
+        for text, value in GPU_CHOICES:
+            self.gpu_combo.addItem(text, value)
+        self.gpu_layers_spin = QSpinBox()
+        self.gpu_layers_spin.setRange(1, 999)
+        self.gpu_layers_spin.setValue(8)
+        self.gpu_layers_spin.setToolTip("the last N layers run on the GPU (llama.cpp's -ngl)")
+        self.gpu_combo.currentIndexChanged.connect(self._on_gpu_choice)
         self.gpu_label = QLabel(GPU_NOTE)
+        self.gpu_label.setWordWrap(True)
         self.gpu_label.setEnabled(False)
+        gpu_row = QHBoxLayout()
+        gpu_row.addWidget(self.gpu_combo)
+        gpu_row.addWidget(self.gpu_layers_spin)
+        gpu_row.addStretch(1)
+        self._on_gpu_choice()
         form_left = QFormLayout()
         form_left.addRow("System prompt", self.system_edit)
-        form_left.addRow("GPU offload", self.gpu_label)
+        form_left.addRow("GPU offload", gpu_row)
+        form_left.addRow("", self.gpu_label)
         form_right = QFormLayout()
         form_right.addRow("Temperature", self.temperature)
         form_right.addRow("Top-k", self.top_k)
@@ -390,6 +422,22 @@ class ChatPage(QWidget):
     @property
     def is_generating(self) -> bool:
         return self._gen_worker is not None
+
+    def _on_gpu_choice(self) -> None:
+        self.gpu_layers_spin.setVisible(self.gpu_combo.currentData() == "n")
+
+    def gpu_layers(self) -> int | str:
+        """What the next load asks for: "auto", "all", 0 or a number of layers."""
+        value = self.gpu_combo.currentData()
+        return self.gpu_layers_spin.value() if value == "n" else value
+
+    def set_gpu_layers(self, value: int | str) -> None:
+        if isinstance(value, int) and value > 0:
+            self.gpu_layers_spin.setValue(value)
+            value = "n"
+        for i in range(self.gpu_combo.count()):
+            if self.gpu_combo.itemData(i) == value:
+                self.gpu_combo.setCurrentIndex(i)
 
     def sampling(self) -> dict[str, Any]:
         seed = self.seed.value()
@@ -487,7 +535,7 @@ class ChatPage(QWidget):
             return None
         self._close_model()
         n_ctx = self.ctx_spin.value()
-        worker = GeneratorWorker(_load_job(entry.path, n_ctx))
+        worker = GeneratorWorker(_load_job(entry.path, n_ctx, self.gpu_layers()))
         self._load_worker = worker
         self.load_progress.setRange(0, 0)
         self.load_progress.setVisible(True)
@@ -509,8 +557,11 @@ class ChatPage(QWidget):
             self.model_status.setText(
                 f"<b>{entry.name}</b> loaded in {time.monotonic() - t0:.1f} s · {n.architecture}, "
                 f"{n.parameters / 1e6:,.0f} M parameters, {n.file_type or '?'} · "
-                f"context {model.n_ctx:,} · {model.template.source} chat template · CPU"
+                f"context {model.n_ctx:,} · {model.template.source} chat template · {_where(model)}"
             )
+            offload = getattr(model, "offload", None)
+            if offload is not None:
+                self.gpu_label.setText(offload.message())
             self.status.emit(f"{entry.name} is ready to chat.")
 
         def failed(err: Exception) -> None:
