@@ -915,10 +915,6 @@ class ConvertDialog(QDialog):
         self.progress.setFormat("done")
         self._set_state("done")
 
-    def closeEvent(self, event) -> None:
-        # a running conversion goes on in the background; the Convert page lists it
-        super().closeEvent(event)
-
 
 # --- the page -----------------------------------------------------------------------------------------
 JOB_COLUMNS = ("Source", "Preset", "Output", "Progress", "Status", "")
