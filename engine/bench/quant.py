@@ -27,10 +27,21 @@ class QuantBenchRow:
     bit_exact: bool | None  # against llama.cpp, when it ran
     dequant_kvant_nt_melem_s: float
     dequant_gguf_py_melem_s: float | None
+    # the same 1-thread runs timed by process CPU time (what a busy machine disturbs least)
+    kvant_1t_cpu_mb_s: float | None = None
+    llamacpp_1t_cpu_mb_s: float | None = None
 
     @property
     def vs_llamacpp(self) -> float | None:
+        """Kvant on all threads vs llama.cpp's single-threaded call (the issue's target)."""
         return None if self.llamacpp_1t_mb_s is None else self.kvant_nt_mb_s / self.llamacpp_1t_mb_s
+
+    @property
+    def vs_llamacpp_1t(self) -> float | None:
+        """1 thread vs 1 thread, from process CPU time of interleaved runs."""
+        if self.llamacpp_1t_cpu_mb_s is None or self.kvant_1t_cpu_mb_s is None:
+            return None
+        return self.kvant_1t_cpu_mb_s / self.llamacpp_1t_cpu_mb_s
 
     @property
     def vs_gguf_py(self) -> float | None:
@@ -49,7 +60,12 @@ class QuantBench:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["results"] = [
-            {**asdict(r), "ratio_vs_llamacpp": r.vs_llamacpp, "ratio_vs_gguf_py": r.vs_gguf_py}
+            {
+                **asdict(r),
+                "ratio_vs_llamacpp": r.vs_llamacpp,
+                "ratio_1t_vs_llamacpp": r.vs_llamacpp_1t,
+                "ratio_vs_gguf_py": r.vs_gguf_py,
+            }
             for r in self.results
         ]
         return d
@@ -62,6 +78,21 @@ def _best(fn: Callable[[], Any], repeat: int) -> float:
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _best_interleaved(fns: list[Callable[[], Any]], repeat: int) -> list[tuple[float, float]]:
+    """Run the functions in turn ``repeat`` times (after one warm-up each): per function the best
+    wall time and the best process CPU time.  Interleaving exposes them to the same load."""
+    for fn in fns:
+        fn()
+    best = [(float("inf"), float("inf")) for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            w, c = time.perf_counter() - w0, time.process_time() - c0
+            best[i] = (min(best[i][0], w), min(best[i][1], c))
     return best
 
 
@@ -99,17 +130,21 @@ def bench_quant(
             imat = im if with_im else None
             ours = Q.quantize(x, t, imat)
             numba.set_num_threads(1)
-            t1 = _best(lambda t=t, imat=imat: Q.quantize(x, t, imat), repeat)
+            fns = [lambda t=t, imat=imat: Q.quantize(x, t, imat)]
+            if lib is not None:
+                fns.append(lambda t=t, imat=imat: llamacpp.quantize(lib, t, x, imat))
+            timed = _best_interleaved(fns, repeat)  # ours and llama.cpp, 1 thread each, in turn
+            t1, t1_cpu = timed[0]
             numba.set_num_threads(threads)
             tn = _best(lambda t=t, imat=imat: Q.quantize(x, t, imat), repeat)
             gp = None
             if t in GGUF_PY_QUANTIZES and not with_im:
                 qt = gguf.GGMLQuantizationType[t]
                 gp = mb / _best(lambda qt=qt: gguf.quants.quantize(x, qt), 1)
-            c1 = exact = None
+            c1 = c1_cpu = exact = None
             if lib is not None:
                 exact = bool(np.array_equal(ours, llamacpp.quantize(lib, t, x, imat)))
-                c1 = mb / _best(lambda t=t, imat=imat: llamacpp.quantize(lib, t, x, imat), repeat)
+                c1, c1_cpu = (mb / v for v in timed[1])
             qt = gguf.GGMLQuantizationType[t]
             melem = x.size / 1e6
             dn = melem / _best(lambda t=t, ours=ours: Q.dequantize(ours, t, x.shape), repeat)
@@ -117,6 +152,8 @@ def bench_quant(
                 dg = melem / _best(lambda qt=qt, ours=ours: gguf.quants.dequantize(ours, qt), 1)
             except NotImplementedError:
                 dg = None
-            result.results.append(QuantBenchRow(t, with_im, mb / t1, mb / tn, gp, c1, exact, dn, dg))
+            result.results.append(
+                QuantBenchRow(t, with_im, mb / t1, mb / tn, gp, c1, exact, dn, dg, mb / t1_cpu, c1_cpu)
+            )
     yield Progress("bench quant", len(types), len(types), "done")
     return result

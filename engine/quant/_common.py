@@ -227,6 +227,16 @@ def np_u16_bytes(v: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- validation
 
 
+@njit(**KERNEL)
+def _count_nonfinite(bits):
+    """How many float32 (given as their uint32 bits) are inf or NaN: one vectorized pass, no
+    temporary (np.isfinite(x).all() writes and rereads a bool array: ~10% of a Q4_1 quantize)."""
+    n = 0
+    for i in range(bits.shape[0]):
+        n += (bits[i] & 0x7F800000) == 0x7F800000
+    return n
+
+
 def check_rows(x: object, qtype: str, block_size: int) -> np.ndarray:
     """Validate a quantize input: 2-D float32, non-empty, rows divisible into blocks, finite."""
     if not isinstance(x, np.ndarray):
@@ -245,13 +255,13 @@ def check_rows(x: object, qtype: str, block_size: int) -> np.ndarray:
         raise QuantError(
             f"Cannot quantize to {qtype}: row length {n} is not a multiple of the block size {block_size}."
         )
-    finite = np.isfinite(x)
-    if not finite.all():
-        r, c = np.argwhere(~finite)[0]
+    x = np.ascontiguousarray(x)
+    if _count_nonfinite(x.reshape(-1).view(np.uint32)):
+        r, c = np.argwhere(~np.isfinite(x))[0]
         raise QuantError(
             f"Cannot quantize to {qtype}: input has a non-finite value ({x[r, c]}) at row {r}, column {c}."
         )
-    return np.ascontiguousarray(x)
+    return x
 
 
 def check_imatrix(imatrix: object, qtype: str, n_per_row: int) -> np.ndarray:

@@ -466,3 +466,41 @@ def mxfp4_indices(typingctx, x, xo, d, idx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def minmax32(typingctx, x, xo):
+    """(min, max) of x[xo:xo+32] as values, reduced in 8 lanes (any order).
+
+    Equal to a sequential ``if (v < min) min = v; if (v > max) max = v`` scan for finite inputs
+    except for the sign of a zero result (-0 and +0 compare equal, and the scan keeps the first):
+    callers redo the scan when a result is zero.
+    """
+    if not (_is_c(x, types.float32) and isinstance(xo, types.Integer)):
+        return None
+    sig = types.UniTuple(types.float32, 2)(x, xo)
+
+    def codegen(context, builder, signature, args):
+        x_, xo_ = args
+        ta = signature.args
+        xp = _data(context, builder, ta[0], x_)
+        xo_ = context.cast(builder, xo_, ta[1], types.int64)
+        i64 = ir.IntType(64)
+        vs = [_vload(builder, xp, builder.add(xo_, ir.Constant(i64, 8 * c))) for c in range(4)]
+
+        def vmin(a, b):
+            return builder.select(builder.fcmp_ordered("<", a, b), a, b)
+
+        def vmax(a, b):
+            return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+        lo = vmin(vmin(vs[0], vs[1]), vmin(vs[2], vs[3]))
+        hi = vmax(vmax(vs[0], vs[1]), vmax(vs[2], vs[3]))
+        f = [builder.extract_element(lo, ir.Constant(_I32, k)) for k in range(8)]
+        g = [builder.extract_element(hi, ir.Constant(_I32, k)) for k in range(8)]
+        while len(f) > 1:
+            f = [vmin(a, b) for a, b in zip(f[::2], f[1::2], strict=True)]
+            g = [vmax(a, b) for a, b in zip(g[::2], g[1::2], strict=True)]
+        return context.make_tuple(builder, signature.return_type, [f[0], g[0]])
+
+    return sig, codegen

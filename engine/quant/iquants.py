@@ -79,21 +79,20 @@ def _iq23_rows(kind, x, qw, has_qw, out, err, grid, kmap, neigh, kblk, nbg, nchu
             for b in range(nb):
                 yb = out[r, b * ts : (b + 1) * ts]
                 yb[:] = 0
-                e = S.iq23_block(
-                    kind,
-                    x[r, b * QK_K : (b + 1) * QK_K],
-                    qw[b * QK_K : (b + 1) * QK_K],
-                    has_qw,
-                    yb,
-                    grid,
-                    kmap,
-                    neigh,
-                    kblk,
-                    nbg,
-                    scr_f[c],
-                    scr_i[c],
-                    scales[c],
-                )
+                xb = x[r, b * QK_K : (b + 1) * QK_K]
+                qb = qw[b * QK_K : (b + 1) * QK_K]
+                sf, si, sc = scr_f[c], scr_i[c], scales[c]
+                # literal kinds: one specialization per type, its sizes and branches constant-folded
+                if kind == S.IQ2_XXS:
+                    e = S.iq23_block(0, xb, qb, has_qw, yb, grid, kmap, neigh, kblk, nbg, sf, si, sc)
+                elif kind == S.IQ2_XS:
+                    e = S.iq23_block(1, xb, qb, has_qw, yb, grid, kmap, neigh, kblk, nbg, sf, si, sc)
+                elif kind == S.IQ2_S:
+                    e = S.iq23_block(2, xb, qb, has_qw, yb, grid, kmap, neigh, kblk, nbg, sf, si, sc)
+                elif kind == S.IQ3_XXS:
+                    e = S.iq23_block(3, xb, qb, has_qw, yb, grid, kmap, neigh, kblk, nbg, sf, si, sc)
+                else:
+                    e = S.iq23_block(4, xb, qb, has_qw, yb, grid, kmap, neigh, kblk, nbg, sf, si, sc)
                 if e:
                     err[r] = e
                     break

@@ -89,7 +89,7 @@ def _iq23_neighbour(u, kmap, neigh, kblk, nbg, xval, o, waux, scale, L, gs, acc)
     return np.int64(neigh[off + 1 + best_j])
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _snap(id_, xval, L, o, gs, bits, kmaxq):
     """Round one grid point's levels at inverse scale id_ into L[o:o+gs]; returns their index u."""
     u = 0
@@ -101,7 +101,7 @@ def _snap(id_, xval, L, o, gs, bits, kmaxq):
     return u
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _refit(n, weight, xval, L):
     sumqx = F32(0.0)
     sumq2 = F32(0.0)

@@ -35,7 +35,7 @@ from engine.quant._common import (
     trunc_i8,
     trunc_i32,
 )
-from engine.quant._simd import qkx_errors, qkx_products, qx_products
+from engine.quant._simd import minmax32, qkx_errors, qkx_products, qx_products
 from engine.quant.format import QuantFormat
 
 QK = 32
@@ -60,6 +60,14 @@ def _block_absmax(x, o):
 
 @njit(**INLINE)
 def _block_minmax(x, o):
+    vmin, vmax = minmax32(x, o)  # 8 lanes; exact but for the sign of a zero: then C's scan
+    if vmin != 0 and vmax != 0:
+        return vmin, vmax
+    return _block_minmax_scan(x, o)
+
+
+@njit(**INLINE)
+def _block_minmax_scan(x, o):
     vmin = FLT_MAX
     vmax = -FLT_MAX
     for j in range(QK):
