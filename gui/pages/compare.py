@@ -372,9 +372,10 @@ class ComparePage(QWidget):
         t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         t.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
 
-    def _say(self, text: str, error: bool = False) -> None:
+    def _say(self, text: str, error: bool = False, status: bool = False) -> None:
+        """A message on the page; measurements (``status``) and errors also go to the window's status bar."""
         self.message.setText(f"<span style='color:#b00020'>{text}</span>" if error else text)
-        if text:
+        if text and (status or error):
             self.status.emit(text if not error else f"Compare: {text}")
 
     # --- data ----------------------------------------------------------------------------------
@@ -536,16 +537,17 @@ class ComparePage(QWidget):
         worker = GeneratorWorker(factory)
         self._measure_worker = worker
         self._busy(True)
-        self._say(f"Measuring {len(targets)} quant(s) against {Path(base.path).name}…")
+        self._say(f"Measuring {len(targets)} quant(s) against {Path(base.path).name}…", status=True)
         started = time.monotonic()
         worker.signals.progress.connect(lambda ev: self._on_progress(ev, started, len(targets)))
         worker.signals.result.connect(
             lambda recs: self._say(
-                "Measured {} quant(s): KLD {}.".format(len(recs), ", ".join(f"{r['kld']:.4f}" for r in recs))
+                "Measured {} quant(s): KLD {}.".format(len(recs), ", ".join(f"{r['kld']:.4f}" for r in recs)),
+                status=True,
             )
         )
         worker.signals.error.connect(lambda err: self._say(f"The measurement failed: {err}", True))
-        worker.signals.cancelled.connect(lambda: self._say("Measurement cancelled."))
+        worker.signals.cancelled.connect(lambda: self._say("Measurement cancelled.", status=True))
         worker.signals.finished.connect(self._measure_done)
         return self.workers.start(worker)
 
