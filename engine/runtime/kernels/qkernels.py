@@ -161,28 +161,31 @@ def tables() -> dict[str, np.ndarray]:
 # ============================================================================ shared dot products
 
 
-@njit(**_INL)
+@njit(**_INLINE)
 def _dot_q8k(q, ls, d, r, xq, xd, t, lane):
     """Σ_blocks (d[r,b]·xd[t,b]) · Σ_groups ls[g] · Σ_16 q·xq, integer inside a super-block.
-    Four 16-element groups per pass with scalar int32 accumulators: LLVM vectorizes that into
-    pmaddwd lanes (an accumulator array or one group at a time runs ~10x slower)."""
+    Four 16-element groups per pass with scalar int32 accumulators, every block indexed through
+    1-D slices: LLVM vectorizes that into pmaddwd lanes (an accumulator array, one group at a
+    time, or 2-D indexing with possibly negative indices runs several times slower)."""
     nb = d.shape[1]
     acc = np.float32(0.0)
     for b in range(nb):
         sumi = np.int32(0)
         for g in range(0, 16, 4):
             o = b * 256 + g * 16
+            qg = q[o : o + 64]
+            xg = xq[t, o : o + 64]
+            lg = ls[b * 16 + g : b * 16 + g + 4]
             s1 = np.int32(0)
             s2 = np.int32(0)
             s3 = np.int32(0)
             s4 = np.int32(0)
             for j in range(16):
-                s1 = np.int32(s1 + np.int32(q[o + j]) * np.int32(xq[t, o + j]))
-                s2 = np.int32(s2 + np.int32(q[o + 16 + j]) * np.int32(xq[t, o + 16 + j]))
-                s3 = np.int32(s3 + np.int32(q[o + 32 + j]) * np.int32(xq[t, o + 32 + j]))
-                s4 = np.int32(s4 + np.int32(q[o + 48 + j]) * np.int32(xq[t, o + 48 + j]))
-            k = b * 16 + g
-            sumi = np.int32(sumi + ls[k] * s1 + ls[k + 1] * s2 + ls[k + 2] * s3 + ls[k + 3] * s4)
+                s1 = np.int32(s1 + np.int32(qg[j]) * np.int32(xg[j]))
+                s2 = np.int32(s2 + np.int32(qg[16 + j]) * np.int32(xg[16 + j]))
+                s3 = np.int32(s3 + np.int32(qg[32 + j]) * np.int32(xg[32 + j]))
+                s4 = np.int32(s4 + np.int32(qg[48 + j]) * np.int32(xg[48 + j]))
+            sumi = np.int32(sumi + lg[0] * s1 + lg[1] * s2 + lg[2] * s3 + lg[3] * s4)
         acc += (d[r, b] * xd[t, b]) * np.float32(sumi)
     return acc
 
@@ -364,84 +367,111 @@ def _put8(q, o, grid, gi, sign8, sb):
 
 
 @njit(**_INL)
-def _u_iq2_xxs(gi, ss, grid, sign8, ksg, r, q, ls):
-    nb = q.shape[0] // 256
-    for b in range(nb):
-        for ib in range(8):
-            a = ss[r, b * 8 + ib]
-            s = np.int32(2 * (a >> 28) + 1)
-            for lq in range(4):
-                _put8(
-                    q,
-                    b * 256 + 32 * ib + 8 * lq,
-                    grid,
-                    gi[r, b * 32 + 4 * ib + lq],
-                    sign8,
-                    ksg[(a >> (7 * lq)) & 127],
-                )
-            ls[b * 16 + 2 * ib] = s
-            ls[b * 16 + 2 * ib + 1] = s
-
-
-@njit(**_INL)
-def _u_iq2_xs(qs, sc, grid, sign8, ksg, r, q, ls):
-    nb = q.shape[0] // 256
-    for b in range(nb):
-        for ib in range(8):
-            for lq in range(4):
-                v = qs[r, b * 32 + 4 * ib + lq]
-                _put8(q, b * 256 + 32 * ib + 8 * lq, grid, v & 511, sign8, ksg[v >> 9])
-            s = sc[r, b * 8 + ib]
-            ls[b * 16 + 2 * ib] = 2 * np.int32(s & 15) + 1
-            ls[b * 16 + 2 * ib + 1] = 2 * np.int32(s >> 4) + 1
-
-
-@njit(**_INL)
-def _u_iq2_s(qs, sg, qh, sc, grid, sign8, r, q, ls):
-    nb = q.shape[0] // 256
-    for b in range(nb):
-        for ib in range(8):
-            h = np.int32(qh[r, b * 8 + ib])
-            for lq in range(4):
-                gi = np.int32(qs[r, b * 32 + 4 * ib + lq]) | ((h << (8 - 2 * lq)) & 0x300)
-                _put8(q, b * 256 + 32 * ib + 8 * lq, grid, gi, sign8, sg[r, b * 32 + 4 * ib + lq])
-            s = sc[r, b * 8 + ib]
-            ls[b * 16 + 2 * ib] = 2 * np.int32(s & 15) + 1
-            ls[b * 16 + 2 * ib + 1] = 2 * np.int32(s >> 4) + 1
-
-
-@njit(**_INL)
 def _put4x2(q, o, grid, g1, g2, sign8, sb):
     for j in range(4):
         q[o + j] = grid[g1, j] * sign8[sb, j]
         q[o + 4 + j] = grid[g2, j] * sign8[sb, 4 + j]
 
 
+# Grid types: eight codes at a time as one uint64 (SWAR).  The grid row (8 bytes, or two 4-byte
+# rows for the IQ3 types) is read as an integer and negated bytewise where the sign mask byte is
+# 0xFF: (g ^ 0xFF) + 1 = -g per byte, with no carry between bytes because no grid value is 0.
+_LOW1 = np.uint64(0x0101010101010101)
+
+
 @njit(**_INL)
-def _u_iq3_xxs(q3, ss, grid, sign8, ksg, r, q, ls):
+def _sign_masks(sign8):
+    """uint64 masks m[s]: byte j is 0xFF where sign pattern s negates element j, else 0."""
+    s64 = sign8.view(np.uint64)
+    m = np.empty(256, np.uint64)
+    for i in range(256):
+        t = (s64[i, 0] >> np.uint64(1)) & np.uint64(0x7F7F7F7F7F7F7F7F)  # 0x7F where the byte is 0xFF
+        m[i] = t | (t << np.uint64(1))
+    return m
+
+
+@njit(**_INLINE)
+def _neg(g, m):
+    return (g ^ m) + (m & _LOW1)
+
+
+@njit(**_INLINE)
+def _u_iq2_xxs(gi, ss, grid, sign8, ksg, r, q, ls, m64):
     nb = q.shape[0] // 256
+    q64 = q.view(np.uint64)
+    g64 = grid.view(np.uint64)
+    for b in range(nb):
+        for ib in range(8):
+            a = ss[r, b * 8 + ib]
+            s = np.int32(2 * (a >> 28) + 1)
+            for lq in range(4):
+                k = b * 32 + 4 * ib + lq
+                q64[k] = _neg(g64[gi[r, k], 0], m64[ksg[(a >> (7 * lq)) & 127]])
+            ls[b * 16 + 2 * ib] = s
+            ls[b * 16 + 2 * ib + 1] = s
+
+
+@njit(**_INLINE)
+def _u_iq2_xs(qs, sc, grid, sign8, ksg, r, q, ls, m64):
+    nb = q.shape[0] // 256
+    q64 = q.view(np.uint64)
+    g64 = grid.view(np.uint64)
+    for b in range(nb):
+        for ib in range(8):
+            for lq in range(4):
+                k = b * 32 + 4 * ib + lq
+                v = qs[r, k]
+                q64[k] = _neg(g64[v & 511, 0], m64[ksg[v >> 9]])
+            s = sc[r, b * 8 + ib]
+            ls[b * 16 + 2 * ib] = 2 * np.int32(s & 15) + 1
+            ls[b * 16 + 2 * ib + 1] = 2 * np.int32(s >> 4) + 1
+
+
+@njit(**_INLINE)
+def _u_iq2_s(qs, sg, qh, sc, grid, sign8, r, q, ls, m64):
+    nb = q.shape[0] // 256
+    q64 = q.view(np.uint64)
+    g64 = grid.view(np.uint64)
+    for b in range(nb):
+        for ib in range(8):
+            h = np.int32(qh[r, b * 8 + ib])
+            for lq in range(4):
+                k = b * 32 + 4 * ib + lq
+                gi = np.int32(qs[r, k]) | ((h << (8 - 2 * lq)) & 0x300)
+                q64[k] = _neg(g64[gi, 0], m64[sg[r, k]])
+            s = sc[r, b * 8 + ib]
+            ls[b * 16 + 2 * ib] = 2 * np.int32(s & 15) + 1
+            ls[b * 16 + 2 * ib + 1] = 2 * np.int32(s >> 4) + 1
+
+
+@njit(**_INLINE)
+def _g4x2(g32, g1, g2):
+    """Two 4-byte grid rows as one uint64 (g1 in the low bytes)."""
+    return np.uint64(g32[g1, 0]) | (np.uint64(g32[g2, 0]) << np.uint64(32))
+
+
+@njit(**_INLINE)
+def _u_iq3_xxs(q3, ss, grid, sign8, ksg, r, q, ls, m64):
+    nb = q.shape[0] // 256
+    q64 = q.view(np.uint64)
+    g32 = grid.view(np.uint32)
     for b in range(nb):
         for ib in range(8):
             a = ss[r, b * 8 + ib]
             s = np.int32(2 * (a >> 28) + 1)
             for lq in range(4):
                 o = b * 64 + 8 * ib + 2 * lq
-                _put4x2(
-                    q,
-                    b * 256 + 32 * ib + 8 * lq,
-                    grid,
-                    q3[r, o],
-                    q3[r, o + 1],
-                    sign8,
-                    ksg[(a >> (7 * lq)) & 127],
-                )
+                g = _g4x2(g32, q3[r, o], q3[r, o + 1])
+                q64[b * 32 + 4 * ib + lq] = _neg(g, m64[ksg[(a >> (7 * lq)) & 127]])
             ls[b * 16 + 2 * ib] = s
             ls[b * 16 + 2 * ib + 1] = s
 
 
-@njit(**_INL)
-def _u_iq3_s(qs, qh, sg, sc, grid, sign8, r, q, ls):
+@njit(**_INLINE)
+def _u_iq3_s(qs, qh, sg, sc, grid, sign8, r, q, ls, m64):
     nb = q.shape[0] // 256
+    q64 = q.view(np.uint64)
+    g32 = grid.view(np.uint32)
     for b in range(nb):
         for ib in range(8):
             h = np.int32(qh[r, b * 8 + ib])
@@ -449,43 +479,53 @@ def _u_iq3_s(qs, qh, sg, sc, grid, sign8, r, q, ls):
                 o = b * 64 + 8 * ib + 2 * lq
                 g1 = np.int32(qs[r, o]) | ((h << (8 - 2 * lq)) & 256)
                 g2 = np.int32(qs[r, o + 1]) | ((h << (7 - 2 * lq)) & 256)
-                _put4x2(q, b * 256 + 32 * ib + 8 * lq, grid, g1, g2, sign8, sg[r, b * 32 + 4 * ib + lq])
+                k = b * 32 + 4 * ib + lq
+                q64[k] = _neg(_g4x2(g32, g1, g2), m64[sg[r, k]])
             s = 2 * np.int32((sc[r, b * 4 + ib // 2] >> (4 * (ib % 2))) & 15) + 1
             ls[b * 16 + 2 * ib] = s
             ls[b * 16 + 2 * ib + 1] = s
 
 
 @njit(**_INL)
-def _put8_delta(q, o, grid, gi, delta):
-    for j in range(8):
-        q[o + j] = 8 * grid[gi, j] + delta
+def _iq1_rows(grid):
+    """IQ1 codes 8·grid ± 1 of every grid row as uint64: [0] with delta +1, [1] with delta -1."""
+    n = grid.shape[0]
+    c = np.empty((2, n, 8), np.int8)
+    for i in range(n):
+        for j in range(8):
+            c[0, i, j] = 8 * grid[i, j] + 1
+            c[1, i, j] = 8 * grid[i, j] - 1
+    return c.reshape(2, n * 8).view(np.uint64)
 
 
-@njit(**_INL)
-def _u_iq1_s(qs, qh, grid, r, q, ls):
+@njit(**_INLINE)
+def _u_iq1_s(qs, qh, grid, r, q, ls, g2):
     nb = q.shape[0] // 256
+    q64 = q.view(np.uint64)
     for b in range(nb):
         for ib in range(8):
             h = np.int32(qh[r, b * 8 + ib])
-            delta = -1 if h & 0x8000 else 1
+            neg = 1 if h & 0x8000 else 0
             for lq in range(4):
-                gi = np.int32(qs[r, b * 32 + 4 * ib + lq]) | (((h >> (3 * lq)) & 7) << 8)
-                _put8_delta(q, b * 256 + 32 * ib + 8 * lq, grid, gi, delta)
+                k = b * 32 + 4 * ib + lq
+                q64[k] = g2[neg, np.int32(qs[r, k]) | (((h >> (3 * lq)) & 7) << 8)]
             s = 2 * ((h >> 12) & 7) + 1
             ls[b * 16 + 2 * ib] = s
             ls[b * 16 + 2 * ib + 1] = s
 
 
-@njit(**_INL)
-def _u_iq1_m(qs, qh, sc, grid, r, q, ls):
+@njit(**_INLINE)
+def _u_iq1_m(qs, qh, sc, grid, r, q, ls, g2):
     nb = q.shape[0] // 256
+    q64 = q.view(np.uint64)
     for b in range(nb):
         for ib in range(8):
             for lq in range(4):
                 h = np.int32(qh[r, b * 16 + 2 * ib + lq // 2])
-                gi = np.int32(qs[r, b * 32 + 4 * ib + lq]) | ((h << (8 - 4 * (lq % 2))) & 0x700)
-                delta = -1 if h & (0x08 << (4 * (lq % 2))) else 1
-                _put8_delta(q, b * 256 + 32 * ib + 8 * lq, grid, gi, delta)
+                k = b * 32 + 4 * ib + lq
+                gi = np.int32(qs[r, k]) | ((h << (8 - 4 * (lq % 2))) & 0x700)
+                neg = 1 if h & (0x08 << (4 * (lq % 2))) else 0
+                q64[k] = g2[neg, gi]
             s = np.int32(sc[r, b * 4 + ib // 2])
             ls[b * 16 + 2 * ib] = 2 * ((s >> (6 * (ib % 2))) & 7) + 1
             ls[b * 16 + 2 * ib + 1] = 2 * ((s >> (6 * (ib % 2) + 3)) & 7) + 1
@@ -498,12 +538,13 @@ def _u_iq1_m(qs, qh, sc, grid, r, q, ls):
 @njit(**KERNEL, parallel=True)
 def mv_iq2_xxs(gi, ss, d, grid, sign8, ksg, xq, xd, out):
     rows, nb = d.shape
+    m64 = _sign_masks(sign8)
     for c in prange((rows + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq2_xxs(gi, ss, grid, sign8, ksg, r, q, ls)
+            _u_iq2_xxs(gi, ss, grid, sign8, ksg, r, q, ls, m64)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -511,12 +552,13 @@ def mv_iq2_xxs(gi, ss, d, grid, sign8, ksg, xq, xd, out):
 @njit(**KERNEL, parallel=True)
 def mv_iq2_xs(qs, sc, d, grid, sign8, ksg, xq, xd, out):
     rows, nb = d.shape
+    m64 = _sign_masks(sign8)
     for c in prange((rows + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq2_xs(qs, sc, grid, sign8, ksg, r, q, ls)
+            _u_iq2_xs(qs, sc, grid, sign8, ksg, r, q, ls, m64)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -524,12 +566,13 @@ def mv_iq2_xs(qs, sc, d, grid, sign8, ksg, xq, xd, out):
 @njit(**KERNEL, parallel=True)
 def mv_iq2_s(qs, sg, qh, sc, d, grid, sign8, xq, xd, out):
     rows, nb = d.shape
+    m64 = _sign_masks(sign8)
     for c in prange((rows + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq2_s(qs, sg, qh, sc, grid, sign8, r, q, ls)
+            _u_iq2_s(qs, sg, qh, sc, grid, sign8, r, q, ls, m64)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -537,12 +580,13 @@ def mv_iq2_s(qs, sg, qh, sc, d, grid, sign8, xq, xd, out):
 @njit(**KERNEL, parallel=True)
 def mv_iq3_xxs(q3, ss, d, grid, sign8, ksg, xq, xd, out):
     rows, nb = d.shape
+    m64 = _sign_masks(sign8)
     for c in prange((rows + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq3_xxs(q3, ss, grid, sign8, ksg, r, q, ls)
+            _u_iq3_xxs(q3, ss, grid, sign8, ksg, r, q, ls, m64)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -550,12 +594,13 @@ def mv_iq3_xxs(q3, ss, d, grid, sign8, ksg, xq, xd, out):
 @njit(**KERNEL, parallel=True)
 def mv_iq3_s(qs, qh, sg, sc, d, grid, sign8, xq, xd, out):
     rows, nb = d.shape
+    m64 = _sign_masks(sign8)
     for c in prange((rows + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq3_s(qs, qh, sg, sc, grid, sign8, r, q, ls)
+            _u_iq3_s(qs, qh, sg, sc, grid, sign8, r, q, ls, m64)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -563,12 +608,13 @@ def mv_iq3_s(qs, qh, sg, sc, d, grid, sign8, xq, xd, out):
 @njit(**KERNEL, parallel=True)
 def mv_iq1_s(qs, qh, d, grid, xq, xd, out):
     rows, nb = d.shape
+    g2 = _iq1_rows(grid)
     for c in prange((rows + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq1_s(qs, qh, grid, r, q, ls)
+            _u_iq1_s(qs, qh, grid, r, q, ls, g2)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -576,12 +622,13 @@ def mv_iq1_s(qs, qh, d, grid, xq, xd, out):
 @njit(**KERNEL, parallel=True)
 def mv_iq1_m(qs, qh, sc, d, grid, xq, xd, out):
     rows, nb = d.shape
+    g2 = _iq1_rows(grid)
     for c in prange((rows + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         lane = np.empty(16, np.int32)
         for r in range(c * CH, min(rows, c * CH + CH)):
-            _u_iq1_m(qs, qh, sc, grid, r, q, ls)
+            _u_iq1_m(qs, qh, sc, grid, r, q, ls, g2)
             for t in range(xq.shape[0]):
                 out[t, r] = _dot_q8k(q, ls, d, r, xq, xd, t, lane)
 
@@ -864,7 +911,7 @@ def mv_q4_1(qs, d, m, xq, xd, xs, out):
             out[t, r] = acc
 
 
-@njit(**_INL)
+@njit(**_INLINE)
 def _q5(v, h, j):
     """Q5_1 codes of byte v (low nibble: element j, high: j + 16) with qh bits j and j + 16."""
     return (v & 15) | np.int32(((h >> j) & 1) << 4), (v >> 4) | np.int32(((h >> (j + 16)) & 1) << 4)
@@ -1104,11 +1151,12 @@ def dq_tq2_0(qs, d, r0, r1):
 def dq_iq2_xxs(gi, ss, d, grid, sign8, ksg, r0, r1):
     nb = d.shape[1]
     out = np.empty((r1 - r0, nb * 256), np.float32)
+    m64 = _sign_masks(sign8)
     for c in prange((r1 - r0 + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         for i in range(c * CH, min(r1 - r0, c * CH + CH)):
-            _u_iq2_xxs(gi, ss, grid, sign8, ksg, r0 + i, q, ls)
+            _u_iq2_xxs(gi, ss, grid, sign8, ksg, r0 + i, q, ls, m64)
             _dq_codes(q, ls, d, r0 + i, out, i)
     return out
 
@@ -1117,11 +1165,12 @@ def dq_iq2_xxs(gi, ss, d, grid, sign8, ksg, r0, r1):
 def dq_iq2_xs(qs, sc, d, grid, sign8, ksg, r0, r1):
     nb = d.shape[1]
     out = np.empty((r1 - r0, nb * 256), np.float32)
+    m64 = _sign_masks(sign8)
     for c in prange((r1 - r0 + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         for i in range(c * CH, min(r1 - r0, c * CH + CH)):
-            _u_iq2_xs(qs, sc, grid, sign8, ksg, r0 + i, q, ls)
+            _u_iq2_xs(qs, sc, grid, sign8, ksg, r0 + i, q, ls, m64)
             _dq_codes(q, ls, d, r0 + i, out, i)
     return out
 
@@ -1130,11 +1179,12 @@ def dq_iq2_xs(qs, sc, d, grid, sign8, ksg, r0, r1):
 def dq_iq2_s(qs, sg, qh, sc, d, grid, sign8, r0, r1):
     nb = d.shape[1]
     out = np.empty((r1 - r0, nb * 256), np.float32)
+    m64 = _sign_masks(sign8)
     for c in prange((r1 - r0 + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         for i in range(c * CH, min(r1 - r0, c * CH + CH)):
-            _u_iq2_s(qs, sg, qh, sc, grid, sign8, r0 + i, q, ls)
+            _u_iq2_s(qs, sg, qh, sc, grid, sign8, r0 + i, q, ls, m64)
             _dq_codes(q, ls, d, r0 + i, out, i)
     return out
 
@@ -1143,11 +1193,12 @@ def dq_iq2_s(qs, sg, qh, sc, d, grid, sign8, r0, r1):
 def dq_iq3_xxs(q3, ss, d, grid, sign8, ksg, r0, r1):
     nb = d.shape[1]
     out = np.empty((r1 - r0, nb * 256), np.float32)
+    m64 = _sign_masks(sign8)
     for c in prange((r1 - r0 + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         for i in range(c * CH, min(r1 - r0, c * CH + CH)):
-            _u_iq3_xxs(q3, ss, grid, sign8, ksg, r0 + i, q, ls)
+            _u_iq3_xxs(q3, ss, grid, sign8, ksg, r0 + i, q, ls, m64)
             _dq_codes(q, ls, d, r0 + i, out, i)
     return out
 
@@ -1156,11 +1207,12 @@ def dq_iq3_xxs(q3, ss, d, grid, sign8, ksg, r0, r1):
 def dq_iq3_s(qs, qh, sg, sc, d, grid, sign8, r0, r1):
     nb = d.shape[1]
     out = np.empty((r1 - r0, nb * 256), np.float32)
+    m64 = _sign_masks(sign8)
     for c in prange((r1 - r0 + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         for i in range(c * CH, min(r1 - r0, c * CH + CH)):
-            _u_iq3_s(qs, qh, sg, sc, grid, sign8, r0 + i, q, ls)
+            _u_iq3_s(qs, qh, sg, sc, grid, sign8, r0 + i, q, ls, m64)
             _dq_codes(q, ls, d, r0 + i, out, i)
     return out
 
@@ -1169,11 +1221,12 @@ def dq_iq3_s(qs, qh, sg, sc, d, grid, sign8, r0, r1):
 def dq_iq1_s(qs, qh, d, grid, r0, r1):
     nb = d.shape[1]
     out = np.empty((r1 - r0, nb * 256), np.float32)
+    g2 = _iq1_rows(grid)
     for c in prange((r1 - r0 + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         for i in range(c * CH, min(r1 - r0, c * CH + CH)):
-            _u_iq1_s(qs, qh, grid, r0 + i, q, ls)
+            _u_iq1_s(qs, qh, grid, r0 + i, q, ls, g2)
             _dq_codes(q, ls, d, r0 + i, out, i)
     return out
 
@@ -1182,11 +1235,12 @@ def dq_iq1_s(qs, qh, d, grid, r0, r1):
 def dq_iq1_m(qs, qh, sc, d, grid, r0, r1):
     nb = d.shape[1]
     out = np.empty((r1 - r0, nb * 256), np.float32)
+    g2 = _iq1_rows(grid)
     for c in prange((r1 - r0 + CH - 1) // CH):
         q = np.empty(nb * 256, np.int8)
         ls = np.empty(nb * 16, np.int32)
         for i in range(c * CH, min(r1 - r0, c * CH + CH)):
-            _u_iq1_m(qs, qh, sc, grid, r0 + i, q, ls)
+            _u_iq1_m(qs, qh, sc, grid, r0 + i, q, ls, g2)
             _dq_codes(q, ls, d, r0 + i, out, i)
     return out
 
@@ -1223,7 +1277,7 @@ def _f16_merge(typingctx, f, b):
     return types.float32(f, b), codegen
 
 
-@njit(**_INL)
+@njit(**_INLINE)
 def _f16_f32(h):
     """fp16 bits (uint16) -> float32, exact, branch-free and vectorizable: exponent+mantissa
     shifted into place and rescaled by 2^112 (zeros and subnormals come out right), then the
