@@ -24,11 +24,13 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSplitter,
     QTableWidget,
@@ -366,6 +368,15 @@ class _Num(QTableWidgetItem):
         return self.key < other.key if isinstance(other, _Num) else super().__lt__(other)
 
 
+def _scrolling(widget: QWidget) -> QScrollArea:
+    """A tab that scrolls instead of forcing the window wider than a laptop screen."""
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    return area
+
+
 class LearnPage(QWidget):
     def __init__(self, paths: KvantPaths, workers: WorkerPool, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -380,10 +391,13 @@ class LearnPage(QWidget):
         self._chord = demo_chord()
         self._effects: dict[str, Any] = {}
         self.tabs = QTabWidget()
-        self.tabs.addTab(self._intro_tab(), "What it is")
-        self.tabs.addTab(self._image_tab(), "Picture")
-        self.tabs.addTab(self._sound_tab(), "Sound")
-        self.tabs.addTab(self._tensor_tab(), "Model weights")
+        for tab, title in (
+            (self._intro_tab(), "What it is"),
+            (self._image_tab(), "Picture"),
+            (self._sound_tab(), "Sound"),
+            (self._tensor_tab(), "Model weights"),
+        ):
+            self.tabs.addTab(_scrolling(tab), title)
         self.tabs.currentChanged.connect(self._tab_changed)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("<h2>Learn</h2>"))
