@@ -285,13 +285,17 @@ class MainWindow(QMainWindow):
 
     def _default_ready(self, entry: LibraryEntry) -> None:
         selected = entry.id
+        opened: LibraryEntry | None = None
         if self._open_path:
             try:
-                selected = register_file(Library(self.paths.library_file), Path(self._open_path)).id
+                opened = register_file(Library(self.paths.library_file), Path(self._open_path))
+                selected = opened.id
             except Exception as err:
                 self._report(err, f"Cannot open {self._open_path}")
         self.status_label.setText(f"{entry.name} is ready.")
         self._refresh_library(select=selected)
+        if opened is not None:  # a .gguf opened with Kvant: in the library, and the chat loading it
+            self.open_chat(opened)
 
     def _refresh_library(self, select: str | None = None) -> None:
         try:

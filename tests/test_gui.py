@@ -121,3 +121,28 @@ def test_hardware_page_shows_planner_calibration(qtbot, window):
     assert "Speed estimates × 0.50" in text and "compute-buffer estimates × 2.00" in text
     assert "from 1 run on this machine" in text and "40.0 tok/s measured vs 80.0 predicted" in text
     assert "Gemma 3 270m Q4_K_M" in text and "700 MiB vs 500 MiB" in text
+
+
+def test_opening_a_gguf_adds_it_and_opens_the_chat(qtbot, tmp_path, default_model, monkeypatch):
+    """`python main.py MODEL.gguf` (and a double-click in the installed app): the file joins the library,
+    selected, and the Chat page loads it."""
+    import shutil
+
+    from gui.main_window import MainWindow
+    from gui.pages.chat import ChatPage
+
+    loads = []
+    monkeypatch.setattr(ChatPage, "load_model", lambda self: loads.append(self.selected_entry()))
+    model = tmp_path / "dropped" / "my-model.gguf"
+    model.parent.mkdir()
+    shutil.copyfile(default_model, model)
+    w = MainWindow(KvantPaths(tmp_path / "home"), open_path=str(model))
+    qtbot.addWidget(w)
+    w.show()
+    w.start()
+    qtbot.waitUntil(lambda: bool(loads), timeout=60_000)
+    assert loads[0].path == str(model)
+    assert w.pages.currentWidget() is w.chat_page
+    assert w.library_page.selected().path == str(model)
+    w.workers.cancel_all()
+    w.workers.wait(10_000)
