@@ -212,6 +212,28 @@ def test_new_activation_conversions_equal_references():
     np.testing.assert_array_equal(round_bf16(x).view(np.uint32), round_bf16_ref(x).view(np.uint32))
 
 
+def test_f16_portable_kernel_equals_numpy_reference():
+    """The integer-op fp16 conversion of CPUs without native fp16 (``mv_f16_bits``) against the
+    reference, every fp16 bit pattern included (zeros, subnormals, inf/NaN rows apart)."""
+    from engine.runtime.kernels import qkernels as qk
+
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16).reshape(256, 256)
+    finite = np.isfinite(h.view(np.float16)).all(axis=1)
+    x = np.random.default_rng(5).standard_normal((2, 256)).astype(np.float32)
+    w = repack(h.view(np.uint8), IDS["F16"], 256, 256)
+    act = quantize_act(w, x)
+    got = np.empty((2, 256), np.float32)
+    qk.mv_f16_bits(w.fields[0], act[0], got)
+    w_f32 = dequantize_rows(w)
+    want = matmul_ref(w_f32[finite], "F16", x)
+    _assert_close(got[:, finite], want, _bound(w, w_f32[finite], x), "F16 portable kernel")
+    assert not np.isfinite(got[:, ~finite]).any()
+    if qk._HALF_NATIVE:
+        native = np.empty_like(got)
+        qk.mv_f16_native(w.fields[0], act[0], native)
+        np.testing.assert_array_equal(native[:, finite], got[:, finite])
+
+
 def test_lut16_lookups_equal_numpy():
     """The 16-entry table lookup of IQ4_NL / IQ4_XS / MXFP4 codes: the pshufb path (where the CPU
     has it) and the lane-by-lane path of other CPUs both give kv[low nibble], kv[high nibble]."""
