@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QColor, QImage, QPixmap
+from PySide6.QtGui import QColor, QDesktopServices, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -56,9 +56,8 @@ except ImportError:  # pragma: no cover - depends on the installed wheel
 
 AUDIO_AVAILABLE = QSoundEffect is not None
 NO_AUDIO_WHY = (
-    "Playing sound needs Qt Multimedia, which the installed PySide6 does not include "
-    "(pyside6-essentials). Install the full PySide6 (pip install pyside6) to hear it; the waveforms "
-    "below show the same thing."
+    "Qt Multimedia is not in the installed PySide6 (pyside6-essentials), so the chord is written to a WAV "
+    "file and opened in this computer's audio player (pip install pyside6 plays it inside Kvant)."
 )
 ORIGINAL = QColor("#8a939c")
 QUANT = QColor("#d9822b")
@@ -473,7 +472,6 @@ class LearnPage(QWidget):
         self.play_quant = QPushButton("▶ Play quantized")
         for b, which in ((self.play_original, "original"), (self.play_quant, "quantized")):
             b.clicked.connect(lambda _c=False, w=which: self.play(w))
-            b.setEnabled(AUDIO_AVAILABLE)
             b.setToolTip(f"Play the {which} chord" if AUDIO_AVAILABLE else NO_AUDIO_WHY)
         controls = QHBoxLayout()
         controls.addWidget(QLabel("Bits per sample:"))
@@ -497,7 +495,7 @@ class LearnPage(QWidget):
                 "A CD stores each sample of sound as a 16-bit number: 65,536 levels. Take bits away and "
                 "each sample is rounded to the nearest remaining level; the rounding error is heard as "
                 "hiss. Every bit removed makes the error twice as large (6 dB louder)."
-                + ("" if AUDIO_AVAILABLE else " <i>(Playback is off: Qt Multimedia is not installed.)</i>")
+                + ("" if AUDIO_AVAILABLE else " <i>(Play opens the sound in your audio player.)</i>")
             )
         )
         layout.addLayout(controls)
@@ -612,11 +610,17 @@ class LearnPage(QWidget):
             f"{bits * SAMPLE_RATE / 1000:.0f} kbit/s instead of {16 * SAMPLE_RATE / 1000:.0f} kbit/s"
         )
 
-    def play(self, which: str) -> None:
-        if QSoundEffect is None:
-            return
+    def play(self, which: str) -> Path:
+        """Play the original or the quantized chord (inside Kvant with Qt Multimedia, else in the
+        system's audio player); returns the WAV file written."""
         sig = self._chord if which == "original" else self.quantized_sound
-        path = write_wav(self.paths.cache / f"learn-{which}.wav", sig)
+        bits = self.sound_slider.value()
+        path = write_wav(
+            self.paths.cache / f"learn-{which}-{bits if which != 'original' else 16}bit.wav", sig
+        )
+        if QSoundEffect is None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+            return path
         effect = self._effects.get(which)
         if effect is None:
             effect = QSoundEffect(self)
@@ -627,6 +631,7 @@ class LearnPage(QWidget):
         effect.setSource(QUrl.fromLocalFile(str(path)))
         effect.setVolume(0.6)
         effect.play()
+        return path
 
     # --- model weights ------------------------------------------------------------------------------
     def set_entries(self, entries: list[LibraryEntry]) -> None:
