@@ -135,3 +135,31 @@ def test_cli_chat_json(default_model, capsys):
     assert data["generated_tokens"] == 6 and data["finish_reason"] == "length"
     assert expected["output_text"].startswith(data["text"])
     assert data["decode_tok_s"] > 0 and data["time_to_first_token_s"] > 0
+
+
+def test_cli_chat_records_planner_calibration(default_model, capsys, tmp_path, monkeypatch):
+    """An answer of >= 16 tokens records its decode speed next to the planner's prediction."""
+    from engine.cli.chat import CALIBRATE_MIN_TOKENS
+    from engine.fit import CalibrationStore
+    from engine.paths import KvantPaths
+
+    monkeypatch.setenv("KVANT_HOME", str(tmp_path / "home"))
+    store = CalibrationStore.default(KvantPaths.default())
+    base = [
+        "chat",
+        str(default_model),
+        "--prompt",
+        "Tell me about the sea.",
+        "--temperature",
+        "0",
+        "--ctx",
+        "256",
+    ]
+    assert run_cli([*base, "--max-tokens", str(CALIBRATE_MIN_TOKENS - 1), "--json"]) == 0
+    assert store.load() == []  # too short to count
+    capsys.readouterr()
+    assert run_cli([*base, "--max-tokens", str(CALIBRATE_MIN_TOKENS), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (rec,) = store.load()
+    assert rec.measured_tok_s == pytest.approx(data["decode_tok_s"]) and rec.n_ctx == 256
+    assert rec.predicted_tok_s > 0 and rec.quant == "Q4_K_M"

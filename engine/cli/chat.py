@@ -96,6 +96,25 @@ def _answer(model, messages, args, raw: bool, cancel: CancelToken, stream: bool)
     return "".join(text), done
 
 
+CALIBRATE_MIN_TOKENS = 16  # decoded tokens an answer needs before its speed counts as a measurement
+
+
+def _calibrate(model, path, args, done) -> None:
+    """Record the answer's decode speed next to the planner's prediction (engine.fit calibration), when
+    the placement is the planner's own (CPU only, or "auto"); a failure here never stops the chat."""
+    if done is None or not done.decode_tok_s or done.n_generated < CALIBRATE_MIN_TOKENS:
+        return
+    requested = getattr(model.offload, "requested", 0) if model.offload is not None else 0
+    if requested not in (0, None, "auto"):
+        return
+    try:
+        from engine.fit import record_run
+
+        record_run(path, n_ctx=model.n_ctx, measured_tok_s=done.decode_tok_s)
+    except (KvantError, OSError):
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.runtime.model import open_model
 
@@ -111,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if args.prompt is not None:
             messages.append({"role": "user", "content": args.prompt})
             text, done = _answer(model, messages, args, args.raw, cancel, stream=not args.json)
+            _calibrate(model, path, args, done)
             if args.json:
                 gpu = model.offload.to_dict() if model.offload is not None else None
                 emit(args, {"model": str(path), "text": text, **_stats(done), "gpu": gpu}, "")
@@ -118,12 +138,12 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.write("\n")
                 print(_stats_line(done), file=sys.stderr)
             return 0
-        return _interactive(model, messages, args, cancel)
+        return _interactive(model, messages, args, cancel, path)
     finally:
         model.close()
 
 
-def _interactive(model, messages, args, cancel: CancelToken) -> int:
+def _interactive(model, messages, args, cancel: CancelToken, model_path) -> int:
     print(
         f"Chatting with {model.info.name} ({model.template.source} template). "
         "Empty line or Ctrl-D ends; Ctrl-C stops a reply.",
@@ -151,4 +171,5 @@ def _interactive(model, messages, args, cancel: CancelToken) -> int:
         sys.stdout.write("\n")
         if done is not None:
             print(_stats_line(done), file=sys.stderr)
+            _calibrate(model, model_path, args, done)
         messages.append({"role": "assistant", "content": text.strip()})

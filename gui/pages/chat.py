@@ -667,6 +667,9 @@ class ChatPage(QWidget):
             return
         if self.model is None or self.model_entry is None or not Path(self.model_entry.path).is_file():
             return
+        offload = getattr(self.model, "offload", None)
+        if offload is not None and offload.requested not in (0, None, "auto"):
+            return  # a hand-picked layer split is not what the planner predicts
         job = _calibration_job(
             self.model_entry.path, self.model.n_ctx, ev.decode_tok_s, self._loaded_bytes, self.paths
         )
