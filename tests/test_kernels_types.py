@@ -201,6 +201,19 @@ def test_matvec_equals_numpy_reference(name):
     _assert_close(matmul_dense(w, x, chunk_rows=16), want, bound, f"{name} matmul_dense vs NumPy reference")
 
 
+@pytest.mark.parametrize("name", ["Q2_K", "Q4_1", "Q5_1", "IQ4_NL", "MXFP4", "IQ4_XS", "Q3_K"])
+def test_matvec_wide_rows_equal_numpy_reference(name):
+    """Rows of 5 super-blocks / 40 blocks: the kernels' four-blocks-per-pass paths and their
+    remainders both run (the rows above are too short for some of them)."""
+    rows, cols = 8, 1280
+    raw = _random_blocks(name, rows, cols, 2000 + IDS[name])
+    w = repack(raw, IDS[name], rows, cols)
+    w_f32 = np.asarray(dequantize(raw, name, (rows, cols)), np.float32)
+    x = np.random.default_rng(IDS[name]).standard_normal((2, cols)).astype(np.float32)
+    want = matmul_ref(w_f32, name, x, _w_min(w))
+    _assert_close(matvec(w, x), want, _bound(w, w_f32, x), f"{name} wide matvec vs NumPy reference")
+
+
 def test_new_activation_conversions_equal_references():
     rng = np.random.default_rng(9)
     x = (rng.standard_normal((4, 512)) * rng.uniform(1e-3, 1e3, (4, 1))).astype(np.float32)
