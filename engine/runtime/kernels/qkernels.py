@@ -197,48 +197,6 @@ def _dot_q8k(q, ls, d, r, xq, xd, t, lane):
 
 
 @njit(**_INL)
-def _sums32(q, xq, t, b, sums):
-    """Integer dots of blocks b..b+3 (32 elements each) into sums[0:4] (four at once, see above)."""
-    o = b * 32
-    s1 = np.int32(0)
-    s2 = np.int32(0)
-    s3 = np.int32(0)
-    s4 = np.int32(0)
-    for j in range(32):
-        s1 = np.int32(s1 + np.int32(q[o + j]) * np.int32(xq[t, o + j]))
-        s2 = np.int32(s2 + np.int32(q[o + 32 + j]) * np.int32(xq[t, o + 32 + j]))
-        s3 = np.int32(s3 + np.int32(q[o + 64 + j]) * np.int32(xq[t, o + 64 + j]))
-        s4 = np.int32(s4 + np.int32(q[o + 96 + j]) * np.int32(xq[t, o + 96 + j]))
-    sums[0] = s1
-    sums[1] = s2
-    sums[2] = s3
-    sums[3] = s4
-
-
-@njit(**_INL)
-def _sum32(q, xq, t, b):
-    s = np.int32(0)
-    for j in range(32):
-        s = np.int32(s + np.int32(q[b * 32 + j]) * np.int32(xq[t, b * 32 + j]))
-    return s
-
-
-@njit(**_INL)
-def _dot_q8_0(q, d, r, xq, xd, t, sums):
-    """Σ_blocks (d[r,b]·xd[t,b]) · Σ_32 q·xq (llama.cpp's IQ4_NL / MXFP4 · Q8_0)."""
-    nb = d.shape[1]
-    acc = np.float32(0.0)
-    nb4 = nb - nb % 4
-    for b in range(0, nb4, 4):
-        _sums32(q, xq, t, b, sums)
-        for i in range(4):
-            acc += (d[r, b + i] * xd[t, b + i]) * np.float32(sums[i])
-    for b in range(nb4, nb):
-        acc += (d[r, b] * xd[t, b]) * np.float32(_sum32(q, xq, t, b))
-    return acc
-
-
-@njit(**_INL)
 def _dq_codes(q, ls, d, r, out, i):
     """out[i] = d[r, b] · ls[g] · q (exact in f32 for every type that uses it)."""
     nb = d.shape[1]
@@ -364,19 +322,6 @@ def _u_tq2_0(qs, r, q, ls):
                     q[o + k] = np.int32((qs[r, b * 64 + 32 * h + k] >> (2 * s)) & 3) - 1
         for g in range(16):
             ls[b * 16 + g] = 1
-
-
-@njit(**_INL)
-def _put8(q, o, grid, gi, sign8, sb):
-    for j in range(8):
-        q[o + j] = grid[gi, j] * sign8[sb, j]
-
-
-@njit(**_INL)
-def _put4x2(q, o, grid, g1, g2, sign8, sb):
-    for j in range(4):
-        q[o + j] = grid[g1, j] * sign8[sb, j]
-        q[o + 4 + j] = grid[g2, j] * sign8[sb, 4 + j]
 
 
 # Grid types: eight codes at a time as one uint64 (SWAR).  The grid row (8 bytes, or two 4-byte
