@@ -8,10 +8,12 @@ take and dispatches to them.
 The mat-vec kernels take the activations as llama.cpp's ``vec_dot_type`` (Q8_0 / Q8_1 / Q8_K codes, or
 f32 holding F16 / BF16 values) and sum each block exactly in integers, scaled as llama.cpp's
 ``ggml_vec_dot_*_generic`` scales it.  Q4_1, Q5_1, Q2_K, Q3_K, TQ1_0 and TQ2_0 decode their codes
-inside the integer dot (see "fused mat-vec kernels" for what makes LLVM vectorize them); the
-other quantized types first *unpack* each row into one int8 code per element plus one integer
-scale per 16 elements (``ls``), once per row, then dot.  Float weights (F32 / F16 / BF16) are
-converted in registers and summed in f32 vector lanes.  Where llama.cpp adds a float term the codes
+inside the integer dot (see "fused mat-vec kernels" for what makes LLVM vectorize them).  IQ4_NL,
+IQ4_XS and MXFP4 look their codes up 16 at a time (pshufb, :func:`_lut16`) into a scratch row; the
+grid types (IQ1_*, IQ2_*, IQ3_*) unpack eight codes per uint64 store into one int8 code per element
+plus one integer scale per 16 elements (``ls``); both then dot, once per row, so a batch of
+activation rows reuses the unpacked row.  Float weights (F32 / F16 / BF16) are converted in
+registers and summed in f32 vector lanes.  Where llama.cpp adds a float term the codes
 fold it in exactly:
 
 - IQ1_S / IQ1_M: ``sumi + 0.125·sumi_delta`` equals ``Σ ls·(8·grid ± 1)·q8 / 8`` exactly (all
