@@ -494,13 +494,45 @@ def _mv_q5_0(qs, qh, d, xs, out):
 
 @njit(**KERNEL, parallel=True)
 def _mv_q4_0(qs, d, xq, xd, out):
+    # Four blocks per pass through 1-D slices with four int32 accumulators: LLVM vectorizes this
+    # shape (pmaddwd); one accumulator over 2-D computed indices stayed scalar (1.7 GB/s).  The
+    # integer block sums and the float accumulation order are unchanged, so results are identical.
     rows = qs.shape[0]
     nb = d.shape[1]
     n = xq.shape[0]
+    nb4 = nb - nb % 4
     for r in prange(rows):
         for t in range(n):
             acc = np.float32(0.0)
-            for b in range(nb):
+            for b in range(0, nb4, 4):
+                q = qs[r, b * 16 : b * 16 + 64]
+                x = xq[t, b * 32 : b * 32 + 128]
+                s0 = np.int32(0)
+                s1 = np.int32(0)
+                s2 = np.int32(0)
+                s3 = np.int32(0)
+                for j in range(16):
+                    v0 = np.int32(q[j])
+                    v1 = np.int32(q[16 + j])
+                    v2 = np.int32(q[32 + j])
+                    v3 = np.int32(q[48 + j])
+                    s0 = np.int32(
+                        s0 + ((v0 & 15) - 8) * np.int32(x[j]) + ((v0 >> 4) - 8) * np.int32(x[16 + j])
+                    )
+                    s1 = np.int32(
+                        s1 + ((v1 & 15) - 8) * np.int32(x[32 + j]) + ((v1 >> 4) - 8) * np.int32(x[48 + j])
+                    )
+                    s2 = np.int32(
+                        s2 + ((v2 & 15) - 8) * np.int32(x[64 + j]) + ((v2 >> 4) - 8) * np.int32(x[80 + j])
+                    )
+                    s3 = np.int32(
+                        s3 + ((v3 & 15) - 8) * np.int32(x[96 + j]) + ((v3 >> 4) - 8) * np.int32(x[112 + j])
+                    )
+                acc += np.float32(s0) * (d[r, b] * xd[t, b])
+                acc += np.float32(s1) * (d[r, b + 1] * xd[t, b + 1])
+                acc += np.float32(s2) * (d[r, b + 2] * xd[t, b + 2])
+                acc += np.float32(s3) * (d[r, b + 3] * xd[t, b + 3])
+            for b in range(nb4, nb):
                 s = np.int32(0)
                 for j in range(16):
                     v = np.int32(qs[r, b * 16 + j])
