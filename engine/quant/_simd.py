@@ -504,3 +504,32 @@ def minmax32(typingctx, x, xo):
         return context.make_tuple(builder, signature.return_type, [f[0], g[0]])
 
     return sig, codegen
+
+
+@intrinsic
+def absmax32(typingctx, x, xo):
+    """max |x| over x[xo:xo+32], reduced in 8 lanes (exact: max is order-independent here)."""
+    if not (_is_c(x, types.float32) and isinstance(xo, types.Integer)):
+        return None
+    sig = types.float32(x, xo)
+
+    def codegen(context, builder, signature, args):
+        x_, xo_ = args
+        ta = signature.args
+        xp = _data(context, builder, ta[0], x_)
+        xo_ = context.cast(builder, xo_, ta[1], types.int64)
+        i64 = ir.IntType(64)
+        absmask = ir.Constant(_V8I32, [0x7FFFFFFF] * 8)
+        vs = [_vload(builder, xp, builder.add(xo_, ir.Constant(i64, 8 * c))) for c in range(4)]
+        av = [builder.bitcast(builder.and_(builder.bitcast(v, _V8I32), absmask), _V8F) for v in vs]
+
+        def vmax(a, b):
+            return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+        m = vmax(vmax(av[0], av[1]), vmax(av[2], av[3]))
+        s = [builder.extract_element(m, ir.Constant(_I32, k)) for k in range(8)]
+        while len(s) > 1:
+            s = [vmax(a, b) for a, b in zip(s[::2], s[1::2], strict=True)]
+        return s[0]
+
+    return sig, codegen

@@ -35,7 +35,7 @@ from engine.quant._common import (
     trunc_i8,
     trunc_i32,
 )
-from engine.quant._simd import minmax32, qkx_errors, qkx_products, qx_products
+from engine.quant._simd import absmax32, minmax32, qkx_errors, qkx_products, qx_products
 from engine.quant.format import QuantFormat
 
 QK = 32
@@ -48,6 +48,17 @@ FLT_MAX = np.float32(np.finfo(np.float32).max)
 @njit(**INLINE)
 def _block_absmax(x, o):
     """(amax, signed max) of x[o:o+32]: the first element with the largest |x| wins."""
+    amax = absmax32(x, o)  # 8 lanes; then the first element of that magnitude, as C's scan keeps
+    if amax == 0:
+        return np.float32(0.0), np.float32(0.0)
+    for j in range(QK):
+        if abs(x[o + j]) == amax:
+            return amax, x[o + j]
+    return _block_absmax_scan(x, o)  # not reached for finite input
+
+
+@njit(**INLINE)
+def _block_absmax_scan(x, o):
     amax = np.float32(0.0)
     vmax = np.float32(0.0)
     for j in range(QK):
