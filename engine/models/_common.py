@@ -41,6 +41,7 @@ from engine.runtime.kernels import (
     QWeight,
     attention,
     dequantize_rows,
+    fused,
     matmul_dense,
     matvec,
     repack,
@@ -332,6 +333,7 @@ class Decoder:
         # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
         self.observer: Callable[[str, np.ndarray], None] | None = None
         self._lock = threading.Lock()  # serializes Numba parallel launches from several threads
+        self._dec: _Decode | None = None  # single-token buffers and kernel calls, built on first use
 
     # ------------------------------------------------------------------ loading
 
@@ -456,6 +458,8 @@ class Decoder:
         p = self.params
         n = tokens.size
         eps = np.float32(p.eps)
+        if n == 1 and self.observer is None:
+            return self._decode_token(int(tokens[0]), pos0, skip_logits)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         scale = np.float32(p.attn_scale)
         ff, neox = self.freq_factors, p.rope_neox
@@ -509,3 +513,151 @@ class Decoder:
         w_out = self.tok_embd if self.output is None else self.output
         # same quantized activations either way; only the summation order differs
         return matvec(w_out, x) if x.shape[0] <= DECODE_MAX_TOKENS else matmul_dense(w_out, x)
+
+    # ------------------------------------------------------------------ single-token decode
+
+    def _decode_token(self, token: int, pos: int, skip_logits: bool):
+        """One token with the fused kernels and preallocated buffers: the same numbers, bit for
+        bit, as :meth:`_forward_batch`'s graph."""
+        d = self._dec
+        if d is None:
+            d = self._dec = _Decode(self)
+        p = self.params
+        eps = np.float32(p.eps)
+        cache = self.cache
+        xv = d.x[0]
+        if d.embed is not None:
+            fused.embed_q8_0(*d.embed, token, np.float32(1.0), xv)
+        else:
+            xv[:] = self.embed(np.array([token], np.int64))[0]
+        d.qpos[0] = pos
+        n_layers = len(self.layers)
+        for il, L in enumerate(self.layers):
+            ld = d.layers[il]
+            if il == 0:
+                fused.rms_act(xv, L.attn_norm, eps, *d.in_args)
+            for fn, args in ld.qkv:
+                fn(*args)
+            for out, b in ld.biases:
+                np.add(out, b, out=out)
+            slot = pos % cache.slots[il]
+            fused.qk_rope_cache(*ld.rope_args, pos, *d.rope_args, *ld.cache_args, slot)
+            kc, vc, sp = cache.view(il, pos + 1)
+            a = attention(d.q3, kc, vc, sp, d.qpos, 0, cache.round_f16)
+            d.attn_buf.h[:] = a.reshape(-1)
+            fused.act(d.attn_buf.h, *d.attn_args)
+            ld.wo[0](*ld.wo[1])
+            if L.bo is not None:
+                np.add(d.o_out, L.bo, out=d.o_out)
+            fused.add_rms_act(xv, d.o_out[0], d.one, False, eps, L.ffn_norm, *d.in_args)
+            for fn, args in ld.gate_up:
+                fn(*args)
+            fused.swiglu_act(*ld.gu, *d.ff_args)
+            ld.down[0](*ld.down[1])
+            if il + 1 < n_layers:
+                nxt = self.layers[il + 1].attn_norm
+                fused.add_rms_act(xv, d.o_out[0], d.one, False, eps, nxt, *d.in_args)
+            else:
+                np.add(d.o_out[0], xv, out=xv)
+        cache.n_past = pos + 1
+        if skip_logits:
+            return None
+        logits = np.empty((1, p.n_vocab), np.float32)
+        fused.rms_act(xv, self.output_norm, eps, *d.out_args)
+        fn, args = fused.matvec_call(self.tok_embd if self.output is None else self.output, d.out_buf, logits)
+        fn(*args)
+        return logits
+
+
+class _Decode:
+    """Per-model single-token state: activation buffers, mat-vec outputs, and each layer's kernel
+    calls with their arguments bound (built once)."""
+
+    def __init__(self, m: Decoder) -> None:
+        p = m.params
+        cache = m.cache
+        f32 = np.float32
+        self.x = np.zeros((1, p.n_embd), f32)
+        self.in_buf = fused.ActBuffers(p.n_embd)  # input of q/k/v and of gate/up
+        self.attn_buf = fused.ActBuffers(p.n_q)  # input of wo
+        self.ff_buf = fused.ActBuffers(p.n_ff)  # input of down
+        self.out_buf = fused.ActBuffers(p.n_embd)  # input of the output matrix
+        self.qkv_out = np.zeros((1, p.n_q + 2 * p.n_kv), f32)
+        q_out = self.qkv_out[:, : p.n_q]
+        k_out = self.qkv_out[:, p.n_q : p.n_q + p.n_kv]
+        v_out = self.qkv_out[:, p.n_q + p.n_kv :]
+        q_sep, k_sep, v_sep = (np.zeros((1, n), f32) for n in (p.n_q, p.n_kv, p.n_kv))
+        self.o_out = np.zeros((1, p.n_embd), f32)  # wo and down outputs
+        self.gu_out = np.zeros((1, 2 * p.n_ff), f32)
+        g_out, u_out = self.gu_out[:, : p.n_ff], self.gu_out[:, p.n_ff :]
+        g_sep, u_sep = np.zeros((1, p.n_ff), f32), np.zeros((1, p.n_ff), f32)
+        self.q3 = np.zeros((1, p.n_head, p.head_dim), f32)
+        self.qpos = np.zeros(1, np.int64)
+        self.one = np.ones(1, f32)
+        tok = m.tok_embd
+        self.embed = (tok.fields[0], tok.fields[1]) if tok.qtype == "Q8_0" else None
+        no_norm = np.ones(p.head_dim, f32)
+        no_kt = np.zeros((1, 1, 1), f32)
+        self.layers = []
+        for il, L in enumerate(m.layers):
+            ld = _DecodeLayer()
+            if L.wqkv is not None:
+                ld.qkv = [fused.matvec_call(L.wqkv, self.in_buf, self.qkv_out)]
+                q, k, v = q_out, k_out, v_out
+            else:
+                q, k, v = q_sep, k_sep, v_sep
+                ld.qkv = [fused.matvec_call(w, self.in_buf, o) for w, o in ((L.wq, q), (L.wk, k), (L.wv, v))]
+            ld.biases = [(o, b) for o, b in ((q, L.bq), (k, L.bk), (v, L.bv)) if b is not None]
+            if L.w_gate is None:
+                ld.gate_up = [fused.matvec_call(L.w_up, self.in_buf, self.gu_out)]
+                ld.gu = (g_out[0], u_out[0])
+            else:
+                ld.gate_up = [
+                    fused.matvec_call(L.w_gate, self.in_buf, g_sep),
+                    fused.matvec_call(L.w_up, self.in_buf, u_sep),
+                ]
+                ld.gu = (g_sep[0], u_sep[0])
+            ld.wo = fused.matvec_call(L.wo, self.attn_buf, self.o_out)
+            ld.down = fused.matvec_call(L.w_down, self.ff_buf, self.o_out)
+            has_norm = L.q_norm is not None
+            ld.rope_args = (
+                q[0],
+                k[0],
+                v[0],
+                L.q_norm if has_norm else no_norm,
+                L.k_norm if has_norm else no_norm,
+                has_norm,
+                f32(p.eps),
+            )
+            ld.cache_args = (cache.k[il], cache.v[il], no_kt, False, cache.slot_pos[il])
+            self.layers.append(ld)
+        self.rope_args = (
+            p.n_rot,
+            float(p.rope_base),
+            float(p.rope_freq_scale),
+            m.freq_factors,
+            float(p.rope_attn_factor),
+            bool(p.rope_neox),
+            False,
+            f32(p.attn_scale),
+            bool(m.SCALE_Q),
+            cache.round_f16,
+            self.q3[0],
+        )
+        w_out = m.tok_embd if m.output is None else m.output
+        fused.matvec_call(w_out, self.out_buf, np.zeros((1, 1), f32))  # sets out_buf's flags
+        self.in_args = (self.in_buf.h, *self.in_buf.outs())
+        self.attn_args = self.attn_buf.outs()
+        self.ff_args = (self.ff_buf.h, *self.ff_buf.outs())
+        self.out_args = (self.out_buf.h, *self.out_buf.outs())
+
+
+class _DecodeLayer:
+    qkv: list
+    biases: list
+    gate_up: list
+    gu: tuple
+    wo: tuple
+    down: tuple
+    rope_args: tuple
+    cache_args: tuple

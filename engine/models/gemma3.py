@@ -35,6 +35,7 @@ from engine.runtime.kernels import (
     attention,
     attention_ref,
     dequantize_rows,
+    fused,
     geglu,
     matmul_dense,
     matvec,
@@ -184,6 +185,7 @@ class Gemma3:
             [params.window(i) for i in range(params.n_layer)],
             max_batch=min(MAX_BATCH, n_ctx),
             dtype=kv_type,
+            k_transposed=True,
         )
         self.fp16_gelu = True
         # Called as observer(weight_name, x) with the activations ``x`` (n_tokens, n_in) f32 that
@@ -191,6 +193,7 @@ class Gemma3:
         self.observer: Callable[[str, np.ndarray], None] | None = None
         self._lock = threading.Lock()  # serializes Numba parallel launches from several threads
         self.gpu = None  # engine.runtime.cuda.gemma3.Gemma3Gpu: the last layers, on GPUs
+        self._dec: _Decode | None = None  # single-token buffers and kernel calls, built on first use
 
     @classmethod
     def from_gguf(cls, model: GGUFModel, n_ctx: int = 4096, kv_type: str = "f16") -> Gemma3:
@@ -269,8 +272,9 @@ class Gemma3:
             self.layers = self.layers[:first]
             windows = [p.window(i) for i in range(first)]
             self.cache = KVCache(
-                self.n_ctx, p.n_head_kv, p.head_dim, windows, self.cache.max_batch, self.cache.dtype
+                self.n_ctx, p.n_head_kv, p.head_dim, windows, self.cache.max_batch, self.cache.dtype, True
             )
+            self._dec = None
 
     def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
@@ -327,6 +331,8 @@ class Gemma3:
         p = self.params
         n = tokens.size
         eps = np.float32(p.eps)
+        if n == 1 and self.observer is None:
+            return self._decode_token(int(tokens[0]), pos0, skip_logits)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         x = self.embed(tokens)
         for il, L in enumerate(self.layers):
@@ -364,6 +370,11 @@ class Gemma3:
             f = _mm(L.w_down, f)
             x = x + rmsnorm(f, L.post_ffw_norm, eps)
         self.cache.n_past = pos0 + n
+        return self._head(x, pos0, skip_logits, last_only)
+
+    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool):
+        """GPU layers (if any), then the output norm and logits of the residual stream ``x``."""
+        p = self.params
         if self.gpu is not None:
             x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer)
             if done:
@@ -372,10 +383,165 @@ class Gemma3:
             return None
         if last_only:
             x = x[-1:]
-        x = rmsnorm(x, self.output_norm, eps)
-        self._see("token_embd.weight", x)  # tied output
-        logits = _mm(self.tok_embd, x, DECODE_MAX_TOKENS)
+        if x.shape[0] == 1 and self.observer is None:
+            d = self._dec or self._build_decode()
+            logits = np.empty((1, p.n_vocab), np.float32)
+            fused.rms_act(x[0], self.output_norm, np.float32(p.eps), *d.out_args)
+            fn, args = fused.matvec_call(self.tok_embd, d.out_buf, logits)
+            fn(*args)
+        else:
+            x = rmsnorm(x, self.output_norm, np.float32(p.eps))
+            self._see("token_embd.weight", x)  # tied output
+            logits = _mm(self.tok_embd, x, DECODE_MAX_TOKENS)
         if p.final_softcap > 0:
             c = np.float32(p.final_softcap)
             logits = np.tanh(logits / c) * c
         return logits
+
+    # ------------------------------------------------------------------ single-token decode
+
+    def _build_decode(self) -> _Decode:
+        self._dec = _Decode(self)
+        return self._dec
+
+    def _decode_token(self, token: int, pos: int, skip_logits: bool):
+        """One token through the CPU layers with the fused kernels and preallocated buffers (same
+        numbers, bit for bit, as the batched graph above)."""
+        d = self._dec or self._build_decode()
+        p = self.params
+        eps = np.float32(p.eps)
+        cache = self.cache
+        x = d.x
+        if d.embed is not None:
+            fused.embed_q8_0(*d.embed, token, d.emb_scale, x[0])
+        else:
+            x[:] = self.embed(np.array([token], np.int64))
+        xv = x[0]
+        round_f16 = cache.round_f16
+        n_layers = len(self.layers)
+        for il, L in enumerate(self.layers):
+            ld = d.layers[il]
+            if il == 0:
+                fused.rms_act(xv, L.attn_norm, eps, *d.in_args)
+            for fn, args in ld.qkv:
+                fn(*args)
+            slot = pos % cache.slots[il]
+            fused.qk_rope_cache(*ld.rope_args, pos, *ld.rope_args2, cache.slot_pos[il], slot)
+            ns = min(cache.slots[il], pos + 1)
+            fused.attend_one(
+                d.q3,
+                ld.kt,
+                ld.vc,
+                ld.slot_pos,
+                ns,
+                pos,
+                ld.window,
+                round_f16,
+                d.scores,
+                d.attn_buf.h,
+            )
+            fused.act(d.attn_buf.h, *d.attn_args)
+            ld.wo[0](*ld.wo[1])
+            fused.add_rms_act(xv, d.o_out[0], L.post_attn_norm, True, eps, L.ffn_norm, *d.in_args)
+            for fn, args in ld.gate_up:
+                fn(*args)
+            fused.geglu_act(d.g_out[0], d.u_out[0], self.fp16_gelu, d.gelu, *d.ff_args)
+            ld.down[0](*ld.down[1])
+            if il + 1 < n_layers:
+                nxt = self.layers[il + 1].attn_norm
+                fused.add_rms_act(xv, d.o_out[0], L.post_ffw_norm, True, eps, nxt, *d.in_args)
+            else:
+                fused.add_rms(xv, d.o_out[0], L.post_ffw_norm, eps)
+        cache.n_past = pos + 1
+        return self._head(x if self.gpu is None else x.copy(), pos, skip_logits, False)
+
+
+class _Decode:
+    """Per-model single-token state: activation buffers, mat-vec outputs, and each layer's kernel
+    calls with their arguments bound (built once; rebuilt when the layers or the cache change)."""
+
+    def __init__(self, m: Gemma3) -> None:
+        p = m.params
+        cache = m.cache
+        f32 = np.float32
+        self.x = np.zeros((1, p.n_embd), f32)
+        self.in_buf = fused.ActBuffers(p.n_embd)  # input of q/k/v and of gate/up
+        self.attn_buf = fused.ActBuffers(p.n_head * p.head_dim)  # input of wo
+        self.ff_buf = fused.ActBuffers(p.n_ff)  # input of down
+        self.out_buf = fused.ActBuffers(p.n_embd)  # input of the output matrix
+        self.q_out = np.zeros((1, p.n_head * p.head_dim), f32)
+        self.k_out = np.zeros((1, p.n_head_kv * p.head_dim), f32)
+        self.v_out = np.zeros((1, p.n_head_kv * p.head_dim), f32)
+        self.o_out = np.zeros((1, p.n_embd), f32)  # wo and down outputs
+        self.g_out = np.zeros((1, p.n_ff), f32)
+        self.u_out = np.zeros((1, p.n_ff), f32)
+        self.q3 = np.zeros((p.n_head, p.head_dim), f32)
+        self.scores = np.zeros((p.n_head, max(cache.slots) if cache.slots else 1), f32)
+        tok = m.tok_embd
+        self.embed = (tok.fields[0], tok.fields[1]) if tok.qtype == "Q8_0" else None
+        self.emb_scale = f32(math.sqrt(p.n_embd))
+        self.gelu = fused.gelu_f16_table()
+        no_kt = np.zeros((1, 1, 1), f32)
+        self.layers = []
+        for il, L in enumerate(m.layers):
+            ld = _DecodeLayer()
+            ld.qkv = [
+                fused.matvec_call(L.wq, self.in_buf, self.q_out),
+                fused.matvec_call(L.wk, self.in_buf, self.k_out),
+                fused.matvec_call(L.wv, self.in_buf, self.v_out),
+            ]
+            ld.gate_up = [
+                fused.matvec_call(L.w_gate, self.in_buf, self.g_out),
+                fused.matvec_call(L.w_up, self.in_buf, self.u_out),
+            ]
+            ld.wo = fused.matvec_call(L.wo, self.attn_buf, self.o_out)
+            ld.down = fused.matvec_call(L.w_down, self.ff_buf, self.o_out)
+            base, fscale = p.rope(il)
+            kt = cache.kt[il] if cache.kt is not None else no_kt
+            ld.rope_args = (
+                self.q_out[0],
+                self.k_out[0],
+                self.v_out[0],
+                L.q_norm,
+                L.k_norm,
+                True,
+                np.float32(p.eps),
+            )
+            ld.rope_args2 = (
+                p.head_dim,
+                float(base),
+                float(fscale),
+                no_kt[0, 0],
+                1.0,
+                True,
+                True,
+                np.float32(p.attn_scale),
+                True,
+                cache.round_f16,
+                self.q3,
+                cache.k[il],
+                cache.v[il],
+                kt,
+                cache.kt is not None,
+            )
+            ld.kt, ld.vc, ld.slot_pos = kt, cache.v[il], cache.slot_pos[il]
+            ld.window = p.window(il)
+            self.layers.append(ld)
+        fused.matvec_call(m.tok_embd, self.out_buf, np.zeros((1, 1), f32))  # sets out_buf's flags
+        self.in_args = (self.in_buf.h, *self.in_buf.outs())
+        self.attn_args = self.attn_buf.outs()
+        self.ff_args = (self.ff_buf.h, *self.ff_buf.outs())
+        self.out_args = (self.out_buf.h, *self.out_buf.outs())
+
+
+class _DecodeLayer:
+    qkv: list
+    gate_up: list
+    wo: tuple
+    down: tuple
+    rope_args: tuple
+    rope_args2: tuple
+    kt: np.ndarray
+    vc: np.ndarray
+    slot_pos: np.ndarray
+    window: int

@@ -7,6 +7,10 @@ its last ``w`` keys after the whole batch is written.
 
 ``dtype="f16"`` (llama.cpp's default) stores values rounded to fp16 (held in f32 arrays so the
 Numba kernels read them directly); ``"f32"`` stores them as computed.
+
+``k_transposed=True`` also keeps every layer's keys as ``kt`` (n_kv_head, head_dim, slots), the
+layout the single-token attention kernel (:func:`engine.runtime.kernels.fused.attend_one`)
+vectorizes over; it costs the K cache's memory once more.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class KVCache:
         windows: list[int],
         max_batch: int,
         dtype: str = "f16",
+        k_transposed: bool = False,
     ) -> None:
         if dtype not in ("f16", "f32"):
             raise ModelError(f"KV cache type must be 'f16' or 'f32', not {dtype!r}")
@@ -40,6 +45,9 @@ class KVCache:
         self.k = [np.zeros((s, n_kv_head, head_dim), np.float32) for s in self.slots]
         self.v = [np.zeros((s, n_kv_head, head_dim), np.float32) for s in self.slots]
         self.slot_pos = [np.full(s, -1, np.int64) for s in self.slots]
+        self.kt = (
+            [np.zeros((n_kv_head, head_dim, s), np.float32) for s in self.slots] if k_transposed else None
+        )
         self.n_past = 0
 
     @property
@@ -48,7 +56,8 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+        kt = sum(a.nbytes for a in self.kt) if self.kt is not None else 0
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v) + kt
 
     def reset(self) -> None:
         for sp in self.slot_pos:
@@ -84,6 +93,8 @@ class KVCache:
             v = v.astype(np.float16)
         self.k[layer][slots] = k
         self.v[layer][slots] = v
+        if self.kt is not None:
+            self.kt[layer][:, :, slots] = np.transpose(k, (1, 2, 0))
         self.slot_pos[layer][slots] = np.arange(start_pos, start_pos + n)
 
     def view(self, layer: int, end_pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
