@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy: importing the engine must stay fast (the CLI's --version, the GUI's start-up);
     # the inference runtime pulls in Numba and compiles kernels.
-    if name in ("open_model", "Model"):
+    if name in ("open_model", "Model", "prepare_runtime"):
         from engine.runtime import model
 
         return getattr(model, name)

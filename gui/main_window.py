@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+import engine
 from engine import __version__
 from engine.errors import KvantError
 from engine.fit import HardwareProfile
@@ -41,6 +42,12 @@ def _single(fn: Callable[[], Any]):
         yield  # pragma: no cover - makes this a generator
 
     return factory
+
+
+def _prepare_runtime_job(_token):
+    engine.prepare_runtime()
+    return None
+    yield  # pragma: no cover - makes this a generator
 
 
 class MainWindow(QMainWindow):
@@ -256,6 +263,9 @@ class MainWindow(QMainWindow):
         worker.signals.result.connect(self._default_ready)
         worker.signals.error.connect(lambda err: self._report(err, "The default model could not be prepared"))
         self.workers.start(worker)
+        # The inference runtime's one-time imports, now while nothing loads: done later, inside a model
+        # load, they would hold the GIL for ~60 ms in one piece and stall this thread.
+        self.workers.start(GeneratorWorker(_prepare_runtime_job))
 
     def _track(self, worker: GeneratorWorker, text: str) -> None:
         self.status_label.setText(text)

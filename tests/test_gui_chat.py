@@ -86,7 +86,10 @@ def default_entry(default_model, kvant_paths) -> LibraryEntry:
 
 @pytest.fixture
 def page(qtbot, paths):
+    import engine
     from gui.pages.chat import ChatPage
+
+    engine.prepare_runtime()  # what MainWindow.start() runs in the background when the app starts
 
     workers = WorkerPool()
     p = ChatPage(paths, workers)

@@ -144,6 +144,18 @@ def _params(params: SamplingParams | None, overrides: dict[str, Any]) -> Samplin
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
+def prepare_runtime() -> None:
+    """Import the inference runtime and finish Numba's lazy set-up (its extra typing registries, loaded
+    on the first compile or cache load). Both hold the GIL for tens of milliseconds; an app calls this in
+    a background thread at start-up, while nothing is loading, so that a later :func:`open_model` on a
+    worker thread never stalls the UI thread. Idempotent and cheap after the first call."""
+    from numba.core.registry import cpu_target
+
+    import engine.models  # noqa: F401  (Numba and the kernels)
+
+    cpu_target.target_context.refresh()
+
+
 def open_model(
     path: str | Path,
     *,
