@@ -63,7 +63,10 @@ def tiny_gguf(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def window(qtbot, tmp_path):
+    import engine
     from gui.main_window import MainWindow
+
+    engine.prepare_runtime()  # what MainWindow.start() runs in the background when the app starts
 
     paths = KvantPaths(tmp_path / "home").ensure()
     w = MainWindow(paths)
