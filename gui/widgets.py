@@ -383,3 +383,13 @@ class WaveformView(QWidget):
             p.fillRect(QRectF(x, 6, 12, fm.height() - 4), colour)
             p.drawText(QPointF(x + 16, 4 + fm.ascent()), label)
             x += 16 + fm.horizontalAdvance(label) + 18
+
+
+def is_dark(widget: QWidget) -> bool:
+    """Whether ``widget`` is drawn with a dark palette (the system's dark mode)."""
+    return widget.palette().color(QPalette.ColorRole.Window).lightness() < 128
+
+
+def tint(widget: QWidget, light: str, dark: str) -> QColor:
+    """A background colour that suits the palette: ``light`` on a light theme, ``dark`` on a dark one."""
+    return QColor(dark if is_dark(widget) else light)

@@ -346,3 +346,25 @@ def test_gpu_split_is_shown_after_load():
     assert _where(full) == "GPU: 18 of 18 layers + output"
     assert _where(SimpleNamespace(offload=SimpleNamespace(n_gpu_layers=0, n_layer=18))) == "CPU"
     assert _where(SimpleNamespace()) == "CPU"
+
+
+def test_messages_follow_the_system_light_or_dark_theme(page):
+    from PySide6.QtGui import QColor, QPalette
+
+    page.conversation.add("user", "Hello")
+    page.conversation.add("assistant", "Hi there")
+
+    def backgrounds():
+        page._render_all()
+        frames = page.view.document().rootFrame().childFrames()
+        return [f.frameFormat().background().color().lightness() for f in frames]
+
+    light = backgrounds()
+    assert len(light) == 2 and min(light) > 200  # light bubbles on the default (light) palette
+    dark = QPalette(page.palette())
+    for role in (QPalette.ColorRole.Window, QPalette.ColorRole.Base):
+        dark.setColor(role, QColor("#202124"))
+    dark.setColor(QPalette.ColorRole.Text, QColor("#e8eaed"))
+    page.setPalette(dark)
+    page.view.setPalette(dark)
+    assert max(backgrounds()) < 80  # dark bubbles, so light text stays readable

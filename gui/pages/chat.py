@@ -17,10 +17,10 @@ from typing import Any
 import psutil
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import (
-    QColor,
     QFont,
     QGuiApplication,
     QKeySequence,
+    QPalette,
     QShortcut,
     QTextCharFormat,
     QTextCursor,
@@ -54,6 +54,7 @@ from engine.library import LibraryEntry
 from engine.paths import KvantPaths
 from engine.progress import CancelToken, Progress
 from gui.chat_store import ChatStore, Conversation, chats_dir
+from gui.widgets import tint
 from gui.worker import GeneratorWorker, WorkerPool, callback_generator
 
 CALIBRATE_MIN_TOKENS = 16  # decoded tokens an answer needs before its speed counts as a measurement
@@ -63,9 +64,10 @@ GPU_NOTE = (
 )
 GPU_CHOICES = (("Auto (fit in free VRAM)", "auto"), ("CPU only", 0), ("All layers", "all"), ("Layers:", "n"))
 RENDER_INTERVAL_MS = 80
-USER_BG = QColor("#e8f0fb")
-ASSISTANT_BG = QColor("#f6f6f4")
-ERROR_BG = QColor("#fbeaea")
+# message backgrounds (light theme, dark theme): the system's dark mode gets dark bubbles
+USER_BG = ("#e8f0fb", "#23344a")
+ASSISTANT_BG = ("#f6f6f4", "#2b2b2b")
+ERROR_BG = ("#fbeaea", "#4a2323")
 FINISH_TEXT = {
     "stop": "end of turn",
     "length": "max tokens reached",
@@ -826,7 +828,8 @@ class ChatPage(QWidget):
                 self.chat_list.setCurrentItem(item)
 
     # --- rendering ---------------------------------------------------------------------------
-    def _frame(self, cursor: QTextCursor, role: str, text: str, background: QColor) -> None:
+    def _frame(self, cursor: QTextCursor, role: str, text: str, colours: tuple[str, str]) -> None:
+        background = tint(self.view, *colours)
         fmt = QTextFrameFormat()
         fmt.setBackground(background)
         fmt.setPadding(8)
@@ -836,7 +839,7 @@ class ChatPage(QWidget):
         cursor.insertFrame(fmt)
         head = QTextCharFormat()
         head.setFontWeight(QFont.Weight.Bold)
-        head.setForeground(QColor("#555555"))
+        head.setForeground(self.view.palette().color(QPalette.ColorRole.PlaceholderText))
         cursor.insertText(role, head)
         cursor.insertBlock()
         cursor.setCharFormat(QTextCharFormat())

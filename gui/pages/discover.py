@@ -45,12 +45,13 @@ from engine.hub import (
     search_models,
 )
 from engine.paths import KvantPaths
+from gui.widgets import tint
 from gui.worker import GeneratorWorker, WorkerPool
 
 RESULT_COLUMNS = ("Repository", "Params", "Arch", "Downloads", "Likes")
 QUANT_COLUMNS = ("Quant", "Size", "Bits/weight", "Verdict here", "Speed here")
 DOWNLOAD_COLUMNS = ("Model", "Progress", "Speed", "Time left", "Status", "")
-RECOMMENDED_BG = QColor("#dff3e4")
+RECOMMENDED_BG = ("#dff3e4", "#1f3d28")  # light theme, dark theme
 VERDICT_COLOURS = {"comfortable": "#1e7b34", "tight": "#9a6700", "disk": "#b35900", "does not run": "#b00020"}
 
 
@@ -405,7 +406,7 @@ class DiscoverPage(QWidget):
                         item.setForeground(QBrush(QColor(VERDICT_COLOURS.get(f.tier, "#333333"))))
                 if q.key == best:
                     item.setToolTip(f"Recommended for this machine. {item.toolTip()}")
-                    item.setBackground(QBrush(RECOMMENDED_BG))
+                    item.setBackground(QBrush(tint(self.quant_table, *RECOMMENDED_BG)))
                     font = QFont(item.font())
                     font.setBold(True)
                     item.setFont(font)
