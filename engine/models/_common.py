@@ -65,6 +65,43 @@ def tensor_name(t: gguf.MODEL_TENSOR, layer: int | None = None, suffix: str = "w
     return f"{base}.{suffix}"
 
 
+def checked_tokens(tokens, n_vocab: int) -> np.ndarray:
+    """``tokens`` as a non-empty 1-D int64 array of ids in ``0..n_vocab-1``, else a ModelError."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ModelError(f"forward needs a non-empty 1-D array of token ids, got shape {tokens.shape}")
+    if tokens.min() < 0 or tokens.max() >= n_vocab:
+        raise ModelError(f"token ids must be in 0..{n_vocab - 1}")
+    return tokens.astype(np.int64)
+
+
+def check_span(start_pos: int, n: int, n_past: int, n_ctx: int) -> None:
+    """``n`` tokens from ``start_pos`` must continue (or rewrite) the cache and fit in ``n_ctx``."""
+    if start_pos < 0 or start_pos > n_past:
+        raise ModelError(
+            f"start_pos {start_pos} is not in 0..{n_past} (the KV cache holds {n_past} positions)"
+        )
+    if start_pos + n > n_ctx:
+        raise ModelError(
+            f"context overflow: positions {start_pos}..{start_pos + n - 1} do not fit in "
+            f"n_ctx={n_ctx}; reset the model or load it with a larger n_ctx"
+        )
+
+
+def in_micro_batches(
+    forward_batch, tokens: np.ndarray, start_pos: int, step: int, last_only: bool
+) -> np.ndarray:
+    """Run ``forward_batch(chunk, pos0, skip_logits, last_only)`` over chunks of ``step`` tokens and join
+    the logits (with ``last_only``, only the final chunk's last row)."""
+    outs = []
+    n = tokens.size
+    for b0 in range(0, n, step):
+        last = b0 + step >= n
+        outs.append(forward_batch(tokens[b0 : b0 + step], start_pos + b0, last_only and not last, last_only))
+    logits = [o for o in outs if o is not None]
+    return logits[0] if len(logits) == 1 else np.concatenate(logits)
+
+
 def _mm(w: QWeight, x: np.ndarray) -> np.ndarray:
     """``x @ W.T``: one token by the mat-vec kernels, several (prefill) by the token-tiled kernels,
     which give the same numbers bit for bit (so prefill and decode logits agree exactly)."""
@@ -384,33 +421,11 @@ class Decoder:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
         KV cache (positions >= ``start_pos`` already there are replaced).  ``last_only``: logits of
         the last token only, shape (1, n_vocab)."""
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 1 or tokens.size == 0:
-            raise ModelError(f"forward needs a non-empty 1-D array of token ids, got shape {tokens.shape}")
-        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
-            raise ModelError(f"token ids must be in 0..{self.n_vocab - 1}")
-        tokens = tokens.astype(np.int64)
-        n = tokens.size
+        tokens = checked_tokens(tokens, self.n_vocab)
         with self._lock:
-            if start_pos < 0 or start_pos > self.cache.n_past:
-                raise ModelError(
-                    f"start_pos {start_pos} is not in 0..{self.cache.n_past} "
-                    f"(the KV cache holds {self.cache.n_past} positions)"
-                )
-            if start_pos + n > self.n_ctx:
-                raise ModelError(
-                    f"context overflow: positions {start_pos}..{start_pos + n - 1} do not fit in "
-                    f"n_ctx={self.n_ctx}; reset the model or load it with a larger n_ctx"
-                )
+            check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
             self.cache.truncate(start_pos)
-            outs = []
-            step = self.cache.max_batch
-            for b0 in range(0, n, step):
-                chunk = tokens[b0 : b0 + step]
-                last = b0 + step >= n
-                outs.append(self._forward_batch(chunk, start_pos + b0, last_only and not last, last_only))
-            logits = [o for o in outs if o is not None]
-            return logits[0] if len(logits) == 1 else np.concatenate(logits)
+            return in_micro_batches(self._forward_batch, tokens, start_pos, self.cache.max_batch, last_only)
 
     def logits_all(self, ids) -> np.ndarray:
         """Reset, then the logits of every position of ``ids`` (n, n_vocab)."""

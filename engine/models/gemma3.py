@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.errors import ModelError
 from engine.gguf import GGUFModel
+from engine.models._common import check_span, checked_tokens, in_micro_batches
 from engine.runtime.kernels import (
     QWeight,
     attention,
@@ -280,35 +281,13 @@ class Gemma3:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
         KV cache (positions >= ``start_pos`` already there are replaced).  ``last_only``: logits of
         the last token only, shape (1, n_vocab) (what generation needs after a prefill)."""
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 1 or tokens.size == 0:
-            raise ModelError(f"forward needs a non-empty 1-D array of token ids, got shape {tokens.shape}")
-        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
-            raise ModelError(f"token ids must be in 0..{self.n_vocab - 1}")
-        tokens = tokens.astype(np.int64)
-        n = tokens.size
+        tokens = checked_tokens(tokens, self.n_vocab)
         with self._lock:
-            if start_pos < 0 or start_pos > self.cache.n_past:
-                raise ModelError(
-                    f"start_pos {start_pos} is not in 0..{self.cache.n_past} "
-                    f"(the KV cache holds {self.cache.n_past} positions)"
-                )
-            if start_pos + n > self.n_ctx:
-                raise ModelError(
-                    f"context overflow: positions {start_pos}..{start_pos + n - 1} do not fit in "
-                    f"n_ctx={self.n_ctx}; reset the model or load it with a larger n_ctx"
-                )
+            check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
             self.cache.truncate(start_pos)
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
-            outs = []
-            step = self.cache.max_batch
-            for b0 in range(0, n, step):
-                chunk = tokens[b0 : b0 + step]
-                last = b0 + step >= n
-                outs.append(self._forward_batch(chunk, start_pos + b0, last_only and not last, last_only))
-            logits = [o for o in outs if o is not None]
-            return logits[0] if len(logits) == 1 else np.concatenate(logits)
+            return in_micro_batches(self._forward_batch, tokens, start_pos, self.cache.max_batch, last_only)
 
     def logits_all(self, ids) -> np.ndarray:
         """Reset, then the logits of every position of ``ids`` (n, n_vocab)."""
