@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +11,12 @@ from gguf import GGMLQuantizationType
 from engine.cli import run_cli
 from engine.convert import load_imatrix
 from engine.gguf import open_gguf
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _arch_script():
-    name = "make_arch_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "make_arch_fixtures.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+from tests.test_models_arch import _script  # builds the tiny llama.cpp-layout models
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path, _ = _arch_script().build("llama", tmp_path_factory.mktemp("auto-im") / "tiny-llama.gguf")
+    path, _ = _script().build("llama", tmp_path_factory.mktemp("auto-im") / "tiny-llama.gguf")
     return path
 
 
