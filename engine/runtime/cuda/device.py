@@ -1,5 +1,7 @@
 """Device memory for the GPU layers: uploads with accounting, out-of-memory as a typed error, and
-the host wrappers that launch :mod:`.kernels` on device arrays.
+the host wrappers that launch :mod:`.kernels` and :mod:`.qkernels` on device arrays.  Every weight
+type the CPU kernels take (:data:`GPU_QTYPES`) has a CUDA mat-mul; the lookup tables some of them
+read (IQ grids, ksigns, 4-bit values) are uploaded once per device (:meth:`DeviceArena.table`).
 
 :class:`DeviceArena` owns every allocation of one GPU (weights, KV cache, scratch).  It counts
 bytes, turns CUDA's out-of-memory error into :class:`GpuOutOfMemory` with the numbers, and can
@@ -18,11 +20,14 @@ from numba import cuda, njit
 
 from engine.errors import ModelError
 from engine.runtime.cuda import kernels as K
+from engine.runtime.cuda import qkernels as QK
 from engine.runtime.kernels import QWeight
-from engine.runtime.kernels.qmatmul import ACT_Q8_K
+from engine.runtime.kernels import qkernels as cpu_qk
+from engine.runtime.kernels.qmatmul import QTYPES, VEC_DOT_TYPE
 
 MIB = 1 << 20
-GPU_QTYPES = frozenset({"Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"})
+# every weight type the CPU kernels take (engine.runtime.kernels.qmatmul.QTYPES)
+GPU_QTYPES = frozenset(name for name, _, _ in QTYPES.values())
 
 
 class NoGpuKernel(ModelError):
@@ -79,6 +84,7 @@ class DeviceArena:
         self.allocated = 0
         self.launch = SIM_LAUNCH if simulator else GPU_LAUNCH
         self._what = "weights"
+        self._tables: dict[str, Any] = {}
 
     @contextlib.contextmanager
     def on(self):
@@ -116,6 +122,12 @@ class DeviceArena:
         self.allocated += a.nbytes
         return d
 
+    def table(self, name: str):
+        """A lookup table of the quantized kernels (:data:`_TABLES`), uploaded on first use."""
+        if name not in self._tables:
+            self._tables[name] = self.upload(_TABLES[name]())
+        return self._tables[name]
+
     def empty(self, shape, dtype):
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         self._reserve(nbytes)
@@ -132,27 +144,65 @@ class DeviceArena:
 # ============================================================================ device weights
 
 
+# lookup tables the kernels read (host arrays, built on first use): IQ grids, ksigns, 4-bit values
+# and placeholders for the table arguments a type does not use
+_TABLES = {
+    **{g: (lambda g=g: cpu_qk.tables()[g]) for g in ("iq2xxs", "iq2xs", "iq2s", "iq3xxs", "iq3s", "iq1s")},
+    "ksigns": lambda: cpu_qk.tables()["ksigns"],
+    "iq4nl": lambda: cpu_qk.KVALUES_IQ4NL,
+    "mxfp4": lambda: cpu_qk.KVALUES_MXFP4,
+    "no_grid": lambda: np.zeros((1, 8), np.int8),
+    "no_ksigns": lambda: np.zeros(1, np.int32),
+    "no_kv": lambda: np.zeros(16, np.int8),
+}
+# the (grid, ksigns, values) tables of each type of qkernels.mm_k32
+_K32_TABLES = {
+    "Q2_K": ("no_grid", "no_ksigns", "no_kv"),
+    "Q3_K": ("no_grid", "no_ksigns", "no_kv"),
+    "IQ4_XS": ("no_grid", "no_ksigns", "iq4nl"),
+    "TQ1_0": ("no_grid", "no_ksigns", "no_kv"),
+    "TQ2_0": ("no_grid", "no_ksigns", "no_kv"),
+    "IQ2_XXS": ("iq2xxs", "ksigns", "no_kv"),
+    "IQ2_XS": ("iq2xs", "ksigns", "no_kv"),
+    "IQ2_S": ("iq2s", "no_ksigns", "no_kv"),
+    "IQ3_XXS": ("iq3xxs", "ksigns", "no_kv"),
+    "IQ3_S": ("iq3s", "no_ksigns", "no_kv"),
+    "IQ1_S": ("iq1s", "no_ksigns", "no_kv"),
+    "IQ1_M": ("iq1s", "no_ksigns", "no_kv"),
+}
+
+
+def _weight_tables(arena: DeviceArena, qtype: str) -> tuple[Any, ...]:
+    if qtype in _K32_TABLES:
+        return tuple(arena.table(t) for t in _K32_TABLES[qtype])
+    if qtype in ("IQ4_NL", "MXFP4"):
+        return (arena.table(qtype.lower().replace("_", "")),)
+    return ()
+
+
 @dataclass(frozen=True, eq=False)
 class DeviceQWeight:
-    """A :class:`QWeight` on the GPU: the same repacked fields, uploaded once."""
+    """A :class:`QWeight` on the GPU: the same repacked fields, uploaded once, and the device's
+    lookup tables its kernel reads (shared by every weight of the arena)."""
 
     qtype: str
     rows: int
     cols: int
     fields: tuple[Any, ...]
+    tables: tuple[Any, ...] = ()
 
     @classmethod
     def upload(cls, arena: DeviceArena, w: QWeight) -> DeviceQWeight:
         if w.qtype not in GPU_QTYPES:
             raise NoGpuKernel(f"no CUDA kernel for {w.qtype} weights ({arena._what}) yet")
-        return cls(w.qtype, w.rows, w.cols, tuple(arena.upload(f) for f in w.fields))
+        fields = tuple(arena.upload(f) for f in w.fields)
+        return cls(w.qtype, w.rows, w.cols, fields, _weight_tables(arena, w.qtype))
 
     @property
     def act_type(self) -> str:
-        return "Q8_K" if self.qtype in ACT_Q8_K else "Q8_0"
-
-
-_NO_QH = np.zeros((1, 1), np.uint8)
+        """The activation format its kernel takes (llama.cpp's vec_dot_type): Q8_0, Q8_1, Q8_K,
+        F32, F16 or BF16."""
+        return VEC_DOT_TYPE[self.qtype]
 
 
 def _blocks(n: int, threads: int, launch: Launch) -> int:
@@ -160,8 +210,17 @@ def _blocks(n: int, threads: int, launch: Launch) -> int:
 
 
 def quantize(launch: Launch, act_type: str, x):
-    """Quantize device activations x (n, K) f32 for a weight whose activations are ``act_type``."""
+    """Convert device activations x (n, K) f32 for a weight whose activations are ``act_type``:
+    Q8_0 (codes, scales), Q8_1 (codes, scales, sums), Q8_K (codes, scales, bsums), or a 1-tuple of
+    f32 activations for float weights (x itself for F32, rounded to fp16 / bf16 values)."""
     n, k = x.shape
+    if act_type == "F32":
+        return (x,)
+    if act_type in ("F16", "BF16"):
+        out = cuda.device_array((n, k), np.float32)
+        kind = QK.FLOAT_KINDS[act_type]
+        QK.round_act[_blocks(n * k, launch.elem_threads, launch), launch.elem_threads](x, out, kind)
+        return (out,)
     q = cuda.device_array((n, k), np.int8)
     if act_type == "Q8_K":
         d = cuda.device_array((n, k // 256), np.float32)
@@ -171,6 +230,10 @@ def quantize(launch: Launch, act_type: str, x):
         return q, d, bs
     d = cuda.device_array((n, k // 32), np.float32)
     nb = n * (k // 32)
+    if act_type == "Q8_1":
+        s = cuda.device_array((n, k // 32), np.float32)
+        QK.quant_q8_1[_blocks(nb, launch.elem_threads, launch), launch.elem_threads](x, q, d, s)
+        return q, d, s
     K.quant_q8_0[_blocks(nb, launch.elem_threads, launch), launch.elem_threads](x, q, d)
     return q, d
 
@@ -196,6 +259,21 @@ def matmul(launch: Launch, w: DeviceQWeight, act, out=None):
         K.mm_qk[grid, block](f[0], f[1], f[2], f[3], f[4], f[5], True, act[0], act[1], act[2], out)
     elif w.qtype == "Q6_K":
         K.mm_q6_k[grid, block](f[0], f[1], f[2], f[3], act[0], act[1], out)
+    elif w.qtype in QK.K32_KINDS:
+        # code fields in repack order, then the f32 scales (Q2_K: d and dmin); f[0] fills the
+        # field arguments a type does not have
+        nc = 3 if w.qtype == "Q2_K" else len(f) - 1
+        codes = (*f[:nc], *(f[0],) * (4 - nc))
+        d, dmin = f[nc], f[-1]
+        QK.mm_k32[grid, block](QK.K32_KINDS[w.qtype], *codes, d, dmin, *w.tables, *act, out)
+    elif w.qtype in QK.FLOAT_KINDS:
+        QK.mm_float[grid, block](f[0], QK.FLOAT_KINDS[w.qtype], act[0], out)
+    elif w.qtype == "Q4_1":
+        QK.mm_q4_1[grid, block](f[0], f[0], False, f[1], f[2], *act, out)
+    elif w.qtype == "Q5_1":
+        QK.mm_q4_1[grid, block](f[0], f[1], True, f[2], f[3], *act, out)
+    elif w.qtype in ("IQ4_NL", "MXFP4"):
+        QK.mm_lut4[grid, block](f[0], f[1], w.tables[0], act[0], act[1], out)
     else:
         raise ModelError(f"no CUDA kernel for {w.qtype}")
     return out
