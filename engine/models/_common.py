@@ -23,6 +23,10 @@ cache; our attention kernel takes pre-scaled queries, so for the first three the
 is multiplied by the scale in f32 (bit-identical when the scale is a power of two, one f32
 rounding away otherwise).  Activations entering every mat-mul are quantized per block as
 llama.cpp's CPU backend does (:mod:`engine.runtime.kernels.qmatmul`).
+
+:meth:`Decoder.offload` moves the last layers (and, with all of them, the output layer) to GPUs,
+where :mod:`engine.runtime.cuda.decoder` runs the same graph on CUDA kernels; the CPU layers hand
+it the residual stream of each micro-batch.
 """
 
 from __future__ import annotations
@@ -370,6 +374,7 @@ class Decoder:
         # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
         self.observer: Callable[[str, np.ndarray], None] | None = None
         self._lock = threading.Lock()  # serializes Numba parallel launches from several threads
+        self.gpu = None  # engine.runtime.cuda.decoder.DecoderGpu: the last layers, on GPUs
         self._dec: _Decode | None = None  # single-token buffers and kernel calls, built on first use
 
     # ------------------------------------------------------------------ loading
@@ -416,6 +421,34 @@ class Decoder:
     def reset(self) -> None:
         with self._lock:
             self.cache.reset()
+            if self.gpu is not None:
+                self.gpu.truncate(0)
+
+    def offload(self, n_gpu_layers: int, arenas: list, output: bool) -> None:
+        """Move the last ``n_gpu_layers`` layers (and the output layer if ``output``) to GPUs:
+        ``arenas`` gives each of those layers' device (engine.runtime.cuda.device.DeviceArena).
+        Their weights are uploaded once, quantized; their KV cache lives on the device.  Raises
+        engine.runtime.cuda.device.GpuOutOfMemory (or NoGpuKernel), leaving the model on the CPU,
+        when they do not fit (or a weight type has no CUDA kernel)."""
+        from engine.runtime.cuda.decoder import DecoderGpu
+
+        p = self.params
+        if not 0 <= n_gpu_layers <= p.n_layer or len(arenas) != n_gpu_layers:
+            raise ModelError(f"cannot offload {n_gpu_layers} of {p.n_layer} layers on {len(arenas)} devices")
+        if output and n_gpu_layers < p.n_layer:
+            raise ModelError("the output layer goes to a GPU only with every layer")
+        if self.gpu is not None or n_gpu_layers == 0:
+            if n_gpu_layers or self.gpu is not None:
+                raise ModelError("this model is already offloaded")
+            return
+        with self._lock:
+            first = p.n_layer - n_gpu_layers
+            self.gpu = DecoderGpu(self, first, arenas, output)
+            # the GPU layers' host weights and KV cache are no longer needed
+            self.layers = self.layers[:first]
+            c = self.cache
+            self.cache = KVCache(self.n_ctx, p.n_head_kv, p.head_dim, [0] * first, c.max_batch, c.dtype)
+            self._dec = None
 
     def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
@@ -425,6 +458,8 @@ class Decoder:
         with self._lock:
             check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
             self.cache.truncate(start_pos)
+            if self.gpu is not None:
+                self.gpu.truncate(start_pos)
             return in_micro_batches(self._forward_batch, tokens, start_pos, self.cache.max_batch, last_only)
 
     def logits_all(self, ids) -> np.ndarray:
@@ -519,11 +554,19 @@ class Decoder:
             self._see(tensor_name(MT.FFN_DOWN, il), f)
             x = _mm(L.w_down, f) + x
         self.cache.n_past = pos0 + n
+        return self._head(x, pos0, skip_logits, last_only)
+
+    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool):
+        """GPU layers (if any), then the output norm and logits of the residual stream ``x``."""
+        if self.gpu is not None:
+            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer)
+            if done:
+                return x
         if skip_logits:
             return None
         if last_only:
             x = x[-1:]
-        x = rmsnorm(x, self.output_norm, eps)
+        x = rmsnorm(x, self.output_norm, np.float32(self.params.eps))
         self._see(self.output_name, x)
         w_out = self.tok_embd if self.output is None else self.output
         # same quantized activations either way; only the summation order differs
@@ -575,6 +618,8 @@ class Decoder:
             else:
                 np.add(d.o_out[0], xv, out=xv)
         cache.n_past = pos + 1
+        if self.gpu is not None:
+            return self._head(d.x.copy(), pos, skip_logits, False)
         if skip_logits:
             return None
         logits = np.empty((1, p.n_vocab), np.float32)

@@ -1,0 +1,272 @@
+"""llama-family layers on the GPU (llama, qwen2, qwen3, phi3): the last layers of an
+:class:`engine.models._common.Decoder` (and, when all of them are there, the output layer), their
+weights uploaded once as quantized blocks, their KV cache on the device in fp16.  Per forward only
+activations move: the hidden state of the batch goes up after the CPU layers (and between GPUs),
+and the logits (or the hidden state) come back.
+
+The graph is the CPU one, op for op (see engine/models/_common.py): RMSNorm, q/k/v projections
+(separate or one fused q‖k‖v, optional biases), qwen3's per-head q/k RMSNorm, RoPE in the model's
+mode with its frequency factors and attention factor, the query scale and fp16 rounding in the
+architecture's order, GQA attention over the device cache, the output projection (+ optional bias),
+residual adds, SwiGLU (separate or fused gate‖up) and the output norm and matrix.  Kernels:
+:mod:`.kernels` and the element-wise :mod:`.ops_kernels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import cuda
+
+from engine.runtime.cuda import device as D
+from engine.runtime.cuda import kernels as K
+from engine.runtime.cuda import ops_kernels as O
+
+
+@dataclass(eq=False)
+class _DeviceLayer:
+    il: int
+    arena: D.DeviceArena
+    attn_norm: Any
+    wq: D.DeviceQWeight | None  # None: wqkv (fused)
+    wk: D.DeviceQWeight | None
+    wv: D.DeviceQWeight | None
+    wqkv: D.DeviceQWeight | None
+    bq: Any
+    bk: Any
+    bv: Any
+    q_norm: Any
+    k_norm: Any
+    wo: D.DeviceQWeight
+    bo: Any
+    ffn_norm: Any
+    w_gate: D.DeviceQWeight | None  # None: w_up is fused (gate rows first, then up)
+    w_up: D.DeviceQWeight
+    w_down: D.DeviceQWeight
+    freq_factors: Any
+    kc: Any
+    vc: Any
+    slot_pos: Any
+
+
+class DecoderGpu:
+    """Layers ``first_layer .. n_layer-1`` of ``model`` on the GPUs of ``arenas`` (one arena per
+    GPU layer, consecutive layers on the same device), plus the output layer if ``output``."""
+
+    def __init__(self, model: Any, first_layer: int, arenas: list[D.DeviceArena], output: bool) -> None:
+        if not model.cache.round_f16:
+            raise D.NoGpuKernel("the GPU KV cache holds f16 only (this model's cache is f32)")
+        self.params = model.params
+        self.first_layer = first_layer
+        self.n_ctx = model.n_ctx
+        self.scale_q = model.SCALE_Q
+        self.output_name = model.output_name
+        self.layers: list[_DeviceLayer] = []
+        self.arenas = list(dict.fromkeys(arenas))
+        self.output: tuple[D.DeviceQWeight, Any] | None = None
+        self.n_past = 0
+        try:
+            self._upload(model, arenas, output)
+        except D.GpuOutOfMemory as err:
+            err.loaded_layers = len(self.layers)
+            self.close()
+            raise
+
+    def _upload(self, model: Any, arenas: list[D.DeviceArena], output: bool) -> None:
+        p = self.params
+        shape = (self.n_ctx, p.n_head_kv, p.head_dim)
+        for il, arena in zip(range(self.first_layer, p.n_layer), arenas, strict=True):
+            L = model.layers[il]
+            with arena.on(), arena.loading(f"layer {il}"):
+
+                def up(a, arena=arena):
+                    return None if a is None else arena.upload(np.asarray(a, np.float32))
+
+                def qw(w, arena=arena):
+                    return None if w is None else D.DeviceQWeight.upload(arena, w)
+
+                self.layers.append(
+                    _DeviceLayer(
+                        il=il,
+                        arena=arena,
+                        attn_norm=up(L.attn_norm),
+                        wq=qw(L.wq),
+                        wk=qw(L.wk),
+                        wv=qw(L.wv),
+                        wqkv=qw(L.wqkv),
+                        bq=up(L.bq),
+                        bk=up(L.bk),
+                        bv=up(L.bv),
+                        q_norm=up(L.q_norm),
+                        k_norm=up(L.k_norm),
+                        wo=qw(L.wo),
+                        bo=up(L.bo),
+                        ffn_norm=up(L.ffn_norm),
+                        w_gate=qw(L.w_gate),
+                        w_up=qw(L.w_up),
+                        w_down=qw(L.w_down),
+                        freq_factors=up(model.freq_factors),
+                        kc=arena.empty(shape, np.uint16),
+                        vc=arena.empty(shape, np.uint16),
+                        slot_pos=arena.upload(np.full(self.n_ctx, -1, np.int64)),
+                    )
+                )
+        if output:
+            if not arenas:
+                raise ValueError("the output layer goes on the GPU of the last layer")
+            arena = arenas[-1]
+            with arena.on(), arena.loading("the output layer"):
+                w_out = model.tok_embd if model.output is None else model.output
+                self.output = (D.DeviceQWeight.upload(arena, w_out), arena.upload(model.output_norm))
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def nbytes(self) -> dict[int, int]:
+        return {a.index: a.allocated for a in self.arenas}
+
+    def truncate(self, n_past: int) -> None:
+        """Forget positions >= ``n_past`` in every GPU layer's cache."""
+        if n_past < self.n_past:
+            for L in self.layers:
+                with L.arena.on():
+                    n = L.slot_pos.shape[0]
+                    lc = L.arena.launch
+                    K.kv_truncate[D._blocks(n, lc.elem_threads, lc), lc.elem_threads](L.slot_pos, n_past)
+        self.n_past = n_past
+
+    def close(self) -> None:
+        self.layers.clear()
+        self.output = None
+
+    # ------------------------------------------------------------------ the graph
+
+    def forward(
+        self,
+        x: np.ndarray,
+        pos0: int,
+        last_only: bool,
+        want_logits: bool,
+        see: Callable[[str, np.ndarray], None] | None,
+    ) -> tuple[np.ndarray, bool]:
+        """Run the GPU layers on the hidden state ``x`` (n, n_embd) of positions ``pos0 ..``.
+        Returns (logits, True) when the output layer is here and ``want_logits``, else
+        (hidden state, False) for the CPU to finish.  ``last_only``: only the last row leaves the
+        last layer (as on the CPU)."""
+        self.truncate(pos0)
+        n = x.shape[0]
+        positions = np.arange(pos0, pos0 + n, dtype=np.int64)
+        i = 0
+        while i < len(self.layers):
+            arena = self.layers[i].arena
+            j = i
+            while j < len(self.layers) and self.layers[j].arena is arena:
+                j += 1
+            with arena.on():
+                dx = cuda.to_device(np.ascontiguousarray(x, np.float32))
+                dpos = cuda.to_device(positions)
+                for L in self.layers[i:j]:
+                    dx = self._layer(L, dx, dpos, pos0, last_only, see)
+                if j == len(self.layers) and self.output is not None and want_logits:
+                    self.n_past = pos0 + n
+                    return self._output(arena, dx, last_only, see), True
+                x = dx.copy_to_host()
+            i = j
+        self.n_past = pos0 + n
+        return x, False
+
+    def _layer(self, L: _DeviceLayer, x, positions, pos0: int, last_only: bool, see):
+        p = self.params
+        lc = L.arena.launch
+        n = x.shape[0]
+        eps = np.float32(p.eps)
+
+        def look(name: str, a) -> None:
+            if see is not None:
+                see(f"blk.{L.il}.{name}.weight", a.copy_to_host())
+
+        h = D.rmsnorm(lc, x, L.attn_norm, eps)
+        q, k, v = self._qkv(L, h, look)
+        if L.q_norm is not None:
+            q = D.rmsnorm(lc, q.reshape(n * p.n_head, p.head_dim), L.q_norm, eps)
+            k = D.rmsnorm(lc, k.reshape(n * p.n_head_kv, p.head_dim), L.k_norm, eps)
+        q = q.reshape(n, p.n_head, p.head_dim)
+        k = k.reshape(n, p.n_head_kv, p.head_dim)
+        v = v.reshape(n, p.n_head_kv, p.head_dim)
+        rope = (p.n_rot, p.rope_base, p.rope_freq_scale, L.freq_factors, p.rope_attn_factor, p.rope_neox)
+        O.run_rope(lc, q, positions, *rope)
+        O.run_rope(lc, k, positions, *rope)
+        O.run_scale_round(lc, q.reshape(n * p.n_head, p.head_dim), p.attn_scale, self.scale_q, True)
+        total = n * p.n_head_kv * p.head_dim
+        K.kv_write[D._blocks(total, lc.elem_threads, lc), lc.elem_threads](k, v, L.kc, L.vc, L.slot_pos, pos0)
+        ns = min(L.kc.shape[0], pos0 + n)
+        a = D.attention(lc, q, L.kc, L.vc, L.slot_pos, ns, positions, 0, True)
+        a = a.reshape(n, p.n_q)
+        look("attn_output", a)
+        a = D.matmul(lc, L.wo, D.quantize(lc, L.wo.act_type, a))
+        if L.bo is not None:
+            O.run_take_cols(lc, a, 0, p.n_embd, L.bo, out=a)
+        if last_only and L.il == p.n_layer - 1:
+            a, x = a[n - 1 :], x[n - 1 :]
+        x = O.run_add(lc, a, x)
+        h = D.rmsnorm(lc, x, L.ffn_norm, eps)
+        f = self._ffn(L, h, look)
+        look("ffn_down", f)
+        f = D.matmul(lc, L.w_down, D.quantize(lc, L.w_down.act_type, f))
+        return O.run_add(lc, f, x, out=f)
+
+    def _qkv(self, L: _DeviceLayer, h, look):
+        """q (n, n_q), k, v (n, n_kv) as contiguous device arrays, biases added."""
+        p = self.params
+        lc = L.arena.launch
+        if L.wqkv is not None:
+            look("attn_qkv", h)
+            qkv = D.matmul(lc, L.wqkv, D.quantize(lc, L.wqkv.act_type, h))
+            q = O.run_take_cols(lc, qkv, 0, p.n_q, L.bq)
+            k = O.run_take_cols(lc, qkv, p.n_q, p.n_kv, L.bk)
+            v = O.run_take_cols(lc, qkv, p.n_q + p.n_kv, p.n_kv, L.bv)
+            return q, k, v
+        for name in ("attn_q", "attn_k", "attn_v"):
+            look(name, h)
+        acts: dict[str, Any] = {}
+        out = []
+        for w, b in ((L.wq, L.bq), (L.wk, L.bk), (L.wv, L.bv)):
+            if w.act_type not in acts:
+                acts[w.act_type] = D.quantize(lc, w.act_type, h)
+            y = D.matmul(lc, w, acts[w.act_type])
+            if b is not None:
+                O.run_take_cols(lc, y, 0, w.rows, b, out=y)
+            out.append(y)
+        return tuple(out)
+
+    def _ffn(self, L: _DeviceLayer, h, look):
+        """silu(h @ Wgate) * (h @ Wup), from separate or fused (gate‖up) weights."""
+        p = self.params
+        lc = L.arena.launch
+        if L.w_gate is None:
+            look("ffn_up", h)
+            gu = D.matmul(lc, L.w_up, D.quantize(lc, L.w_up.act_type, h))
+            return O.run_swiglu(lc, gu[:, : p.n_ff], gu[:, p.n_ff :])
+        look("ffn_gate", h)
+        look("ffn_up", h)
+        act = D.quantize(lc, L.w_gate.act_type, h)
+        up_act = act if L.w_up.act_type == L.w_gate.act_type else D.quantize(lc, L.w_up.act_type, h)
+        return O.run_swiglu(lc, D.matmul(lc, L.w_gate, act), D.matmul(lc, L.w_up, up_act))
+
+    def _output(self, arena: D.DeviceArena, x, last_only: bool, see) -> np.ndarray:
+        p = self.params
+        lc = arena.launch
+        if last_only and x.shape[0] > 1:
+            x = x[x.shape[0] - 1 :]
+        w_out, norm = self.output
+        x = D.rmsnorm(lc, x, norm, np.float32(p.eps))
+        if see is not None:
+            see(self.output_name, x.copy_to_host())
+        return D.matmul(lc, w_out, D.quantize(lc, w_out.act_type, x)).copy_to_host()
