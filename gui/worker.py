@@ -1,4 +1,4 @@
-"""One generic worker: runs an engine generator on Qt's thread pool and turns its events into signals.
+"""One generic worker: runs an engine generator on a thread of its own and turns its events into signals.
 
 The engine's long operations are generators that yield progress events, return a result and
 honour a :class:`CancelToken`. :class:`GeneratorWorker` runs such a generator off the UI thread;
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, Signal
 
 from engine.errors import Cancelled
 from engine.progress import CancelToken
@@ -30,11 +30,10 @@ class WorkerSignals(QObject):
     finished = Signal()
 
 
-class GeneratorWorker(QRunnable):
+class GeneratorWorker:
     """Runs ``factory(cancel_token)`` to completion; progress is throttled to ``min_interval`` s."""
 
     def __init__(self, factory: GeneratorFactory, min_interval: float = 0.05) -> None:
-        super().__init__()
         self.factory = factory
         self.token = CancelToken()
         self.signals = WorkerSignals()
@@ -135,25 +134,59 @@ def _close(value: Any) -> None:
 
 
 class WorkerPool:
-    """Starts workers and keeps them alive until they finish."""
+    """Starts each worker on a new thread of its own and keeps it alive until it finishes.
 
-    MIN_THREADS = 8  # downloads and a chat run for minutes; quick jobs must not queue behind them
+    Not Qt's thread pool: its threads outlive their jobs, and a thread that has run Numba's parallel
+    kernels keeps an idle OpenMP team for as long as it lives.  With more OpenMP threads alive than
+    cores, GNU OpenMP stops spinning between parallel regions and every kernel pays a futex wake-up:
+    a chat answer decoded at half the command line's speed.  A thread per job takes its team with it
+    when the job ends, so the decode thread is the only OpenMP team (measured: benchmarks/bench_gui_chat.py).
+    """
 
-    def __init__(self, pool: QThreadPool | None = None) -> None:
-        self.pool = pool or QThreadPool.globalInstance()
-        if self.pool.maxThreadCount() < self.MIN_THREADS:
-            self.pool.setMaxThreadCount(self.MIN_THREADS)
+    def __init__(self) -> None:
+        # a worker stays referenced until the UI thread has handled its ``finished`` signal, so its
+        # queued signals (result, error, finished) are all delivered; its thread is joined by wait()
         self._running: set[GeneratorWorker] = set()
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
 
     def start(self, worker: GeneratorWorker) -> GeneratorWorker:
         self._running.add(worker)
         worker.signals.finished.connect(lambda w=worker: self._running.discard(w))
-        self.pool.start(worker)
+        thread = threading.Thread(target=self._run, args=(worker,), name="kvant-worker", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
         return worker
+
+    def _run(self, worker: GeneratorWorker) -> None:
+        try:
+            worker.run()
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    @property
+    def active(self) -> int:
+        """Workers whose thread is still running."""
+        with self._lock:
+            return len(self._threads)
 
     def cancel_all(self) -> None:
         for w in list(self._running):
             w.cancel()
 
     def wait(self, msecs: int = -1) -> bool:
-        return self.pool.waitForDone(msecs)
+        """Wait until every worker has finished (at most ``msecs`` ms; -1: no limit); True if they have."""
+        deadline = None if msecs < 0 else time.monotonic() + msecs / 1000
+        while True:
+            with self._lock:
+                threads = list(self._threads)
+            if not threads:
+                return True
+            for t in threads:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                t.join(left)
+                if deadline is not None and time.monotonic() >= deadline:
+                    with self._lock:
+                        return not self._threads

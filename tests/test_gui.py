@@ -66,6 +66,67 @@ def test_worker_cancel(qtbot):
     assert results == []
 
 
+def test_signal_emit_keeps_reference_counts(qtbot):
+    """PySide6 6.12.0's Signal.emit() returns True without a reference: the interpreter frees True
+    (or None) after a few thousand emits and aborts ("bool_dealloc"). pyproject excludes it."""
+    import sys
+
+    from gui.worker import WorkerSignals
+
+    signals = WorkerSignals()
+    got = []
+    signals.progress.connect(got.append)
+    signals.result.connect(got.append)
+    before = sys.getrefcount(True), sys.getrefcount(None)
+    for _ in range(200):
+        signals.progress.emit(None)
+        signals.result.emit((1,))
+        signals.finished.emit()
+    got.clear()
+    assert (sys.getrefcount(True), sys.getrefcount(None)) == before
+
+
+def test_each_worker_runs_on_a_thread_that_ends_with_it(qtbot):
+    """A thread that has run Numba's parallel kernels keeps an OpenMP team while it lives; more teams
+    than cores make every kernel wait for a futex wake-up (half the decode speed). So no worker
+    thread outlives its job, and the next job gets a new one."""
+    import threading
+
+    pool = WorkerPool()
+    seen: list[threading.Thread] = []
+
+    def factory(token):
+        seen.append(threading.current_thread())
+        yield Progress("one", 1, 1)
+        return threading.current_thread().name
+
+    for _ in range(2):
+        worker = GeneratorWorker(factory, min_interval=0)
+        with qtbot.waitSignal(worker.signals.finished, timeout=5000):
+            pool.start(worker)
+        assert pool.wait(5000)
+    assert len(seen) == 2 and seen[0] is not seen[1]
+    assert threading.main_thread() not in seen
+    assert not any(t.is_alive() for t in seen) and pool.active == 0
+
+
+def test_pool_wait_times_out_while_a_worker_runs(qtbot):
+    import threading
+
+    gate = threading.Event()
+
+    def factory(token):
+        gate.wait(10)
+        yield Progress("done", 1, 1)
+        return None
+
+    pool = WorkerPool()
+    pool.start(GeneratorWorker(factory))
+    assert pool.wait(50) is False and pool.active == 1
+    gate.set()
+    assert pool.wait(5000) is True and pool.active == 0
+
+
 @pytest.fixture
 def window(qtbot, tmp_path, default_model):
     from gui.main_window import MainWindow

@@ -91,8 +91,11 @@ def drop(target, path: Path) -> tuple[bool, bool]:
     """Drag ``path`` over ``target`` and drop it there, as the platform would; (enter, drop) accepted."""
     mime = _mime(path)
     pos = QPoint(10, 10)
-    enter = QDragEnterEvent(QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    try:  # PySide6 >= 6.12 takes a QPointF, earlier versions a QPoint
+        enter = QDragEnterEvent(QPointF(pos), *args)
+    except TypeError:
+        enter = QDragEnterEvent(pos, *args)
     QApplication.sendEvent(target, enter)
     ev = QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                     Qt.KeyboardModifier.NoModifier)  # fmt: skip
