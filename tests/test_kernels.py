@@ -10,6 +10,7 @@ import pytest
 from engine.errors import ModelError
 from engine.runtime.kernels import (
     attention,
+    attention_kt,
     attention_ref,
     dequantize_rows,
     geglu,
@@ -174,6 +175,28 @@ def test_attention_numba_equals_reference(window, round_f16):
     np.testing.assert_allclose(got[t, h], pr @ v[vis, 0], rtol=2e-3 if round_f16 else 1e-5, atol=2e-3)
 
 
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("round_f16", [False, True])
+@pytest.mark.parametrize("nkv", [1, 2])
+def test_attention_with_transposed_keys_is_bit_identical(window, round_f16, nkv):
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((7, 4, 40)).astype(np.float32)
+    k = rng.standard_normal((16, nkv, 40)).astype(np.float32)
+    v = rng.standard_normal((16, nkv, 40)).astype(np.float32)
+    slot_pos = rng.permutation(16).astype(np.int64)  # a ring buffer: slots out of position order
+    slot_pos[slot_pos >= 14] = -1  # empty slots
+    qpos = np.arange(6, 13)
+    ns = 13  # the kernel reads the first ns slots of the whole arrays
+    kt = np.ascontiguousarray(np.transpose(k, (1, 2, 0)))
+    got = attention_kt(q, kt, v, slot_pos, ns, qpos, window, round_f16)
+    want = attention(q, k[:ns], v[:ns], slot_pos[:ns], qpos, window, round_f16)
+    np.testing.assert_array_equal(got, want)
+    # causal from an empty cache (slots in position order), as in a prefill
+    sp = np.arange(16, dtype=np.int64)
+    got = attention_kt(q, kt, v, sp, 16, np.arange(9, 16), window, round_f16)
+    np.testing.assert_array_equal(got, attention(q, k, v, sp, np.arange(9, 16), window, round_f16))
+
+
 def test_kv_cache_ring_and_overflow():
     c = KVCache(n_ctx=40, n_kv_head=1, head_dim=4, windows=[0, 8], max_batch=4, dtype="f32")
     assert c.slots == [40, 11]
@@ -194,3 +217,15 @@ def test_kv_cache_ring_and_overflow():
         c.check(38, 3)
     with pytest.raises(ModelError):
         KVCache(8, 1, 4, [0], 4, dtype="q8")
+
+
+def test_geglu_through_the_fp16_table_is_bit_identical():
+    from engine.runtime.kernels.fused import gelu_f16_table
+    from engine.runtime.kernels.ops import geglu_lut
+
+    rng = np.random.default_rng(8)
+    g = (rng.standard_normal((5, 333)) * 4).astype(np.float32)
+    g[0, :6] = [-12.0, 12.0, 0.0, -10.0, 10.0, -0.0]
+    g[1, :4] = [6.1e-5, -6.1e-5, 1e-8, 65504.0]  # fp16 subnormal/normal edges, overflow
+    u = rng.standard_normal((5, 333)).astype(np.float32)
+    np.testing.assert_array_equal(geglu_lut(g, u, gelu_f16_table()), geglu(g, u, True))

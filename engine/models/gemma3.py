@@ -34,10 +34,11 @@ from engine.models._common import check_span, checked_tokens, in_micro_batches
 from engine.runtime.kernels import (
     QWeight,
     attention,
-    attention_ref,
+    attention_kt,
     dequantize_rows,
     fused,
     geglu,
+    geglu_lut,
     matmul_dense,
     matvec,
     repack,
@@ -52,7 +53,6 @@ SWA_PATTERN = 6
 ROPE_BASE_LOCAL = 10000.0
 DECODE_MAX_TOKENS = 4  # up to this many tokens: integer mat-vec kernels; more: dequantize + BLAS
 LAYER_INT_MAX_TOKENS = 1 << 30  # layer weights: integer kernels up to this many tokens (see _mm)
-NUMBA_ATTN_MAX_TOKENS = 1 << 30  # Numba attention kernel up to this many queries, NumPy/BLAS beyond
 MAX_BATCH = 512  # tokens per internal micro-batch (sizes the sliding-window ring buffers)
 
 
@@ -189,6 +189,7 @@ class Gemma3:
             k_transposed=True,
         )
         self.fp16_gelu = True
+        self._gelu_table: np.ndarray | None = None  # ggml's fp16 GELU table, built on first use
         # Called as observer(weight_name, x) with the activations ``x`` (n_tokens, n_in) f32 that
         # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
         self.observer: Callable[[str, np.ndarray], None] | None = None
@@ -331,9 +332,7 @@ class Gemma3:
             if self.cache.round_f16:
                 q = q.astype(np.float16).astype(np.float32)  # llama.cpp converts Q for K·Q with f16 K
             self.cache.write(il, pos0, k, v)
-            kc, vc, sp = self.cache.view(il, pos0 + n)
-            attn = attention if n <= NUMBA_ATTN_MAX_TOKENS else attention_ref
-            a = attn(q, kc, vc, sp, positions, p.window(il), self.cache.round_f16)
+            a = self._attend(il, q, positions, pos0 + n)
             a = a.reshape(n, p.n_head * p.head_dim)
             self._see(f"blk.{il}.attn_output.weight", a)
             a = _mm(L.wo, a)
@@ -344,12 +343,35 @@ class Gemma3:
             if self.observer is not None:
                 self._see(f"blk.{il}.ffn_gate.weight", h)
                 self._see(f"blk.{il}.ffn_up.weight", h)
-            f = geglu(_mm(L.w_gate, h), _mm(L.w_up, h), self.fp16_gelu)
+            f = self._geglu(_mm(L.w_gate, h), _mm(L.w_up, h))
             self._see(f"blk.{il}.ffn_down.weight", f)
             f = _mm(L.w_down, f)
             x = x + rmsnorm(f, L.post_ffw_norm, eps)
         self.cache.n_past = pos0 + n
         return self._head(x, pos0, skip_logits, last_only)
+
+    def _geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        if not self.fp16_gelu:
+            return geglu(gate, up, False)
+        return geglu_lut(gate, up, self.gelu_table())
+
+    def gelu_table(self) -> np.ndarray:
+        """ggml's fp16 GELU table (built on first use, 65,536 f32)."""
+        if self._gelu_table is None:
+            self._gelu_table = fused.gelu_f16_table()
+        return self._gelu_table
+
+    def _attend(self, il: int, q: np.ndarray, positions: np.ndarray, end_pos: int) -> np.ndarray:
+        """Attention of the batch's queries over layer ``il``'s cache (written up to ``end_pos``)."""
+        cache = self.cache
+        window, round_f16 = self.params.window(il), cache.round_f16
+        if cache.kt is not None:  # transposed keys: vectorized across slots, bit-identical
+            ns = min(cache.slots[il], end_pos)
+            return attention_kt(
+                q, cache.kt[il], cache.v[il], cache.slot_pos[il], ns, positions, window, round_f16
+            )
+        kc, vc, sp = cache.view(il, end_pos)
+        return attention(q, kc, vc, sp, positions, window, round_f16)
 
     def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool):
         """GPU layers (if any), then the output norm and logits of the residual stream ``x``."""
@@ -459,7 +481,7 @@ class _Decode:
         tok = m.tok_embd
         self.embed = (tok.fields[0], tok.fields[1]) if tok.qtype == "Q8_0" else None
         self.emb_scale = f32(math.sqrt(p.n_embd))
-        self.gelu = fused.gelu_f16_table()
+        self.gelu = m.gelu_table()
         no_kt = np.zeros((1, 1, 1), f32)
         self.layers = []
         for il, L in enumerate(m.layers):

@@ -21,8 +21,8 @@ from engine.runtime.kernels.actquant import (
     round_bf16,
     round_f16,
 )
-from engine.runtime.kernels.attention import attention, attention_ref
-from engine.runtime.kernels.ops import geglu, rmsnorm, rope_neox, softmax
+from engine.runtime.kernels.attention import attention, attention_kt, attention_ref
+from engine.runtime.kernels.ops import geglu, geglu_lut, rmsnorm, rope_neox, softmax
 from engine.runtime.kernels.qmatmul import (
     QTYPES,
     VEC_DOT_TYPE,
@@ -42,10 +42,12 @@ __all__ = [
     "QWeight",
     "act_float",
     "attention",
+    "attention_kt",
     "attention_ref",
     "dequant_act",
     "dequantize_rows",
     "geglu",
+    "geglu_lut",
     "matmul_dense",
     "matmul_ref",
     "matvec",

@@ -8,7 +8,10 @@ scaled.  With ``round_f16`` the probabilities are rounded to fp16 before they we
 llama.cpp's CPU path does with an f16 cache (its KQ·V mat-mul converts them).
 
 :func:`attention` (Numba, threads over query × head) and :func:`attention_ref` (NumPy, BLAS per
-head; the fast path for long prefills) agree to f32 rounding.
+head) agree to f32 rounding.  :func:`attention_kt` reads the keys transposed (a cache kept with
+``k_transposed``): each score is the same sequential f32 sum over D as :func:`attention`'s, so the
+results are bit-identical, but the sums of all slots advance together (vectorized across slots) and
+one pass over the keys serves every query head of a KV head: the prefill's fast path.
 """
 
 from __future__ import annotations
@@ -62,6 +65,67 @@ def attention(q, k, v, slot_pos, qpos, window, round_f16):
                     pr = f16_bits_to_f32(f32_to_f16_bits(pr))
                 for j in range(d):
                     out[t, h, j] += pr * v[s, kh, j]
+    return out
+
+
+@njit(**KERNEL, parallel=True)
+def attention_kt(q, kt, v, slot_pos, ns, qpos, window, round_f16):
+    """:func:`attention` with the keys transposed: ``kt`` (Hkv, D, slots) and ``v`` (slots, Hkv, D)
+    whole (C-contiguous; slices would not vectorize), of which the first ``ns`` slots are read.
+    Threads over query × KV head; per query only the slot range holding visible positions is summed."""
+    n, nh, d = q.shape
+    nkv = kt.shape[0]
+    group = nh // nkv
+    out = np.zeros((n, nh, d), np.float32)
+    scores = np.empty((n * nkv, group, max(ns, 1)), np.float32)
+    for i in prange(n * nkv):
+        t = i // nkv
+        kh = i % nkv
+        p = qpos[t]
+        lo = ns
+        hi = 0
+        for s in range(ns):
+            sp = slot_pos[s]
+            if sp >= 0 and sp <= p and (window <= 0 or p - sp < window):
+                lo = min(lo, s)
+                hi = s + 1
+        sc = scores[i]
+        for g in range(group):
+            for s in range(lo, hi):
+                sc[g, s] = 0.0
+        w = hi - lo
+        for j in range(d):
+            krow = kt[kh, j, lo:hi]  # non-negative indices from 0: the loop below vectorizes
+            for g in range(group):
+                qj = q[t, kh * group + g, j]
+                srow = sc[g, lo:hi]
+                for s in range(w):
+                    srow[s] += qj * krow[s]
+        for g in range(group):
+            h = kh * group + g
+            m = -np.inf
+            for s in range(lo, hi):
+                sp = slot_pos[s]
+                if sp < 0 or sp > p or (window > 0 and p - sp >= window):
+                    sc[g, s] = -np.inf
+                else:
+                    m = max(m, sc[g, s])
+            total = 0.0
+            for s in range(lo, hi):
+                if sc[g, s] != -np.inf:
+                    e = np.float32(math.exp(np.float32(sc[g, s] - m)))
+                    sc[g, s] = e
+                    total += e
+                else:
+                    sc[g, s] = 0.0
+            inv = np.float32(1.0 / total)
+            for s in range(lo, hi):
+                if sc[g, s] != 0.0:
+                    pr = np.float32(sc[g, s] * inv)
+                    if round_f16:
+                        pr = f16_bits_to_f32(f32_to_f16_bits(pr))
+                    for j in range(d):
+                        out[t, h, j] += pr * v[s, kh, j]
     return out
 
 
