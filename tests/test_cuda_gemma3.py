@@ -153,11 +153,15 @@ def test_out_of_memory_is_reported_and_retried_with_fewer_layers(launch, tiny):
         np.testing.assert_allclose(net.forward(IDS, 0), want, rtol=0, atol=LOGIT_ATOL)
 
 
-def test_a_weight_type_without_cuda_kernel_keeps_the_model_on_the_cpu(launch, tiny):
+def test_a_weight_type_without_cuda_kernel_keeps_the_model_on_the_cpu(launch, tiny, monkeypatch):
     from engine.gguf import open_gguf
     from engine.models import load_model
     from engine.runtime.cuda import availability, offload_model
+    from engine.runtime.cuda import device as D
     from engine.runtime.kernels import QWeight
+
+    # every CPU weight type has a CUDA kernel now: pretend Q3_K has none (a future type would not)
+    monkeypatch.setattr(D, "GPU_QTYPES", D.GPU_QTYPES - {"Q3_K"})
 
     with open_gguf(tiny) as g:
         net = load_model(g, n_ctx=16)

@@ -4,7 +4,11 @@ fits) run on NVIDIA GPUs, the rest on the CPU; only activations move per token.
 - :func:`availability`: can it run here, and if not, why (numba-cuda missing, no GPU, old driver);
 - :func:`offload_model` / :class:`OffloadInfo`: how many layers go where (``n_gpu_layers`` a count,
   ``"all"`` or ``"auto"`` from the planner), out-of-memory retries;
-- :mod:`.kernels` (CUDA kernels), :mod:`.device` (device memory, launches), :mod:`.gemma3` (layers).
+- :mod:`.kernels` (activation quantization, the mat-muls of the first six weight types, norms, RoPE
+  NEOX, GELU, attention, argmax), :mod:`.qkernels` (mat-muls of every other weight type),
+  :mod:`.ops_kernels` (the llama family's RoPE modes, SwiGLU, residual add, slices and biases),
+  :mod:`.device` (device memory, launches);
+- the layers on the GPU: :mod:`.gemma3` (Gemma 3) and :mod:`.decoder` (llama, qwen2, qwen3, phi3).
 
 Importing this package does not import CUDA; :mod:`.device` and the kernels import ``numba.cuda``.
 """
