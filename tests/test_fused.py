@@ -211,3 +211,23 @@ def test_matvec_call(qtype, ggml):
     fused.rms_act(h, np.ones(cols, np.float32), EPS, buf.h, *buf.outs())
     fn(*args)
     assert same(out, matvec(w, buf.h2))
+
+
+@pytest.mark.parametrize("round_f16,window,nkv", [(True, 0, 1), (False, 200, 2), (True, 100, 1)])
+def test_attend_one_over_many_slots_is_bit_identical(round_f16, window, nkv):
+    """Several slot chunks and value quarters (the threaded passes), a ring buffer out of position
+    order with empty slots: the same bits as the batched kernel."""
+    nh, d, slots, pos = 4, 64, 300, 520
+    rng = np.random.default_rng(9)
+    q = rng.standard_normal((nh, d)).astype(np.float32)
+    k = rng.standard_normal((slots, nkv, d)).astype(np.float32)
+    v = rng.standard_normal((slots, nkv, d)).astype(np.float32)
+    slot_pos = rng.permutation(np.arange(pos - slots + 1, pos + 1)).astype(np.int64)
+    slot_pos[rng.choice(slots, 7, replace=False)] = -1
+    ns = 290
+    kt = np.ascontiguousarray(np.transpose(k, (1, 2, 0)))
+    scores = np.full((nh, slots), np.nan, np.float32)
+    out = np.full(nh * d, np.nan, np.float32)
+    fused.attend_one(q, kt, v, slot_pos, ns, pos, window, round_f16, scores, out)
+    want = attention(q[None], k[:ns], v[:ns], slot_pos[:ns], np.array([pos]), window, round_f16)
+    np.testing.assert_array_equal(out, want.reshape(-1))

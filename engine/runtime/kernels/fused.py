@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
 from engine.runtime.kernels._config import KERNEL
@@ -345,52 +345,59 @@ def qk_rope_cache(
 
 
 @njit(**KERNEL)
+def _attend_head(q, kt, v, kh, slot_pos, ns, pos, window, round_f16, sc, out):
+    """One query head of :func:`attend_one`: ``q`` (D,), ``kt`` (D, slots) of its KV head ``kh``,
+    ``v`` (slots, Hkv, D) whole, ``sc`` (>= ns) its scores, ``out`` (D,).  The loops index
+    C-contiguous views from 0 (no negative-index checks, unit strides), so they vectorize."""
+    d = q.shape[0]
+    for s in range(ns):
+        sc[s] = 0.0
+    for j in range(d):
+        qj = q[j]
+        for s in range(ns):
+            sc[s] += qj * kt[j, s]
+    for j in range(d):
+        out[j] = 0.0
+    m = -np.inf
+    for s in range(ns):
+        sp = slot_pos[s]
+        if sp < 0 or sp > pos or (window > 0 and pos - sp >= window):
+            sc[s] = -np.inf
+        else:
+            m = max(m, sc[s])
+    total = 0.0
+    for s in range(ns):
+        if sc[s] != -np.inf:
+            e = np.float32(math.exp(np.float32(sc[s] - m)))
+            sc[s] = e
+            total += e
+        else:
+            sc[s] = 0.0
+    inv = np.float32(1.0 / total)
+    for s in range(ns):
+        if sc[s] != 0.0:
+            pr = np.float32(sc[s] * inv)
+            if round_f16:
+                pr = f16_bits_to_f32(f32_to_f16_bits(pr))
+            for j in range(d):
+                out[j] += pr * v[s, kh, j]
+
+
+@njit(**KERNEL, parallel=True)
 def attend_one(q, kt, v, slot_pos, ns, pos, window, round_f16, scores, out):
     """:func:`~engine.runtime.kernels.attention.attention` for one query at position ``pos`` over
     the first ``ns`` slots, with the keys transposed: ``q`` (H, D), ``kt`` (Hkv, D, slots), ``v``
     (slots, Hkv, D) (whole, C-contiguous: slices would not vectorize); ``scores`` (H, >= ns)
     scratch; ``out`` (H*D,).  Each score is the same sequential f32 sum over D as the batched
-    kernel's, computed for all slots at once (vectorized across slots)."""
-    nh, d = q.shape
-    nkv = kt.shape[0]
-    group = nh // nkv
-    for h in range(nh):
-        for s in range(ns):
-            scores[h, s] = 0.0
-    for h in range(nh):
+    kernel's, computed for all slots at once (vectorized across slots); threads take heads."""
+    nh = q.shape[0]
+    group = nh // kt.shape[0]
+    d = q.shape[1]
+    for h in prange(nh):
         kh = h // group
-        for j in range(d):
-            qj = q[h, j]
-            for s in range(ns):
-                scores[h, s] += qj * kt[kh, j, s]
-    for i in range(nh * d):
-        out[i] = 0.0
-    for h in range(nh):
-        kh = h // group
-        m = -np.inf
-        for s in range(ns):
-            sp = slot_pos[s]
-            if sp < 0 or sp > pos or (window > 0 and pos - sp >= window):
-                scores[h, s] = -np.inf
-            else:
-                m = max(m, scores[h, s])
-        total = 0.0
-        for s in range(ns):
-            if scores[h, s] != -np.inf:
-                e = np.float32(math.exp(np.float32(scores[h, s] - m)))
-                scores[h, s] = e
-                total += e
-            else:
-                scores[h, s] = 0.0
-        inv = np.float32(1.0 / total)
-        o = h * d
-        for s in range(ns):
-            if scores[h, s] != 0.0:
-                pr = np.float32(scores[h, s] * inv)
-                if round_f16:
-                    pr = f16_bits_to_f32(f32_to_f16_bits(pr))
-                for j in range(d):
-                    out[o + j] += pr * v[s, kh, j]
+        _attend_head(
+            q[h], kt[kh], v, kh, slot_pos, ns, pos, window, round_f16, scores[h], out[h * d : h * d + d]
+        )
 
 
 # ---------------------------------------------------------------------------- decode plumbing (Python)
