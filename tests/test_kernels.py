@@ -229,3 +229,32 @@ def test_geglu_through_the_fp16_table_is_bit_identical():
     g[1, :4] = [6.1e-5, -6.1e-5, 1e-8, 65504.0]  # fp16 subnormal/normal edges, overflow
     u = rng.standard_normal((5, 333)).astype(np.float32)
     np.testing.assert_array_equal(geglu_lut(g, u, gelu_f16_table()), geglu(g, u, True))
+
+
+def test_q5_0_widened_to_q8_0_codes_keeps_the_values(gemma):
+    from engine.models._common import WIDEN_Q5_0_MAX_SHARE, widen_q5_0_in
+    from engine.runtime.kernels.qmatmul import widen_q5_0
+
+    rng = np.random.default_rng(11)
+    raw = _random_weight("Q5_0", 40, 640, seed=6)
+    w = repack(raw, GGML["Q5_0"], 40, 640)
+    wide = widen_q5_0(w)
+    assert wide.qtype == "Q8_0" and wide.fields[1] is w.fields[2]
+    assert wide.fields[0].min() >= -16 and wide.fields[0].max() <= 15
+    ref = _gguf_dequant(raw, GGML["Q5_0"], 40, 640)
+    np.testing.assert_array_equal(dequantize_rows(wide), ref)  # the same weights, exactly
+    x = (rng.standard_normal((3, 640)) * 4).astype(np.float32)
+    want = matmul_ref(ref, "Q5_0", x)  # Q5_0 and Q8_0 read the same Q8_0 activations
+    np.testing.assert_allclose(matvec(wide, x), want, rtol=0, atol=2e-6 * np.abs(want).max())
+    assert widen_q5_0(wide) is wide
+
+    # the default model's Q5_0 fallbacks (18% of its bytes) are widened; a Q5_0 model is not
+    assert widen_q5_0_in(gemma)
+    total = sum(t.nbytes for t in gemma.tensors)
+    q5 = sum(t.nbytes for t in gemma.tensors if t.type == GGML["Q5_0"])
+    assert 0 < q5 <= WIDEN_Q5_0_MAX_SHARE * total
+
+    class AllQ5:
+        tensors = [type("T", (), {"type": GGML["Q5_0"], "nbytes": 100})()] * 3
+
+    assert not widen_q5_0_in(AllQ5())

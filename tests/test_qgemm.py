@@ -46,7 +46,7 @@ def _assert_bitwise(w, x):
 
 @pytest.mark.parametrize("qtype", sorted(GGML))
 def test_qgemm_equals_matvec_bitwise(qtype, monkeypatch):
-    if qtype != "Q8_0":  # Q8_0 runs matvec's kernel at every size
+    if qtype not in ("Q8_0", "Q4_0"):  # these run matvec's kernel at every size
         monkeypatch.setitem(qgemm_mod.MATVEC_BELOW, qtype, 0)  # the tiled kernels even for 1 token
     rng = np.random.default_rng(GGML[qtype])
     cols = 512

@@ -153,6 +153,31 @@ def repack(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> QWeight:
     return QWeight(name, rows, cols, fields)
 
 
+@njit(**KERNEL, parallel=True)
+def _q5_0_codes(qs, qh):
+    """The 5-bit values of Q5_0 blocks as int8 codes (-16..15), in Q8_0's element order."""
+    rows, nb = qh.shape
+    out = np.empty((rows, nb * 32), np.int8)
+    for r in prange(rows):
+        for b in range(nb):
+            h = np.int64(qh[r, b])
+            for j in range(16):
+                v = np.int64(qs[r, b * 16 + j])
+                out[r, b * 32 + j] = np.int8(((v & 15) | (((h >> j) & 1) << 4)) - 16)
+                out[r, b * 32 + 16 + j] = np.int8(((v >> 4) | (((h >> (j + 16)) & 1) << 4)) - 16)
+    return out
+
+
+def widen_q5_0(w: QWeight) -> QWeight:
+    """A Q5_0 weight as Q8_0 fields: the same values (every 5-bit code is an int8) with the same
+    scales, so the Q8_0 kernels run it: about twice as fast per weight (no bit unpacking in the hot
+    loop) for 34 bytes per 32 weights instead of 22.  Other types are returned unchanged."""
+    if w.qtype != "Q5_0":
+        return w
+    qs, qh, d = w.fields
+    return QWeight("Q8_0", w.rows, w.cols, (_q5_0_codes(qs, qh), d))
+
+
 def _repack_rows(name: str, blk: np.ndarray) -> tuple[np.ndarray, ...]:
     """The fields of the blocks ``blk`` (rows, blocks per row, bytes per block)."""
     rows = blk.shape[0]
