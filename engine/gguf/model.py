@@ -70,6 +70,10 @@ class GGUFModel:
     def array(self, name: str) -> np.ndarray:
         return self.shards[self.tensor(name).shard].array(name)
 
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop the mapped pages of the tensor's bytes ``start:stop`` (see :meth:`GGUFFile.release`)."""
+        self.shards[self.tensor(name).shard].release(name, start, stop)
+
     def close(self) -> None:
         for s in self.shards:
             s.close()

@@ -432,6 +432,22 @@ class GGUFFile:
             t.shape
         )
 
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Let go of the pages of the tensor's bytes ``start:stop`` in this process (MADV_DONTNEED; a
+        no-op where the platform has no madvise): for bytes already copied elsewhere, e.g. weights
+        repacked at load, so that they are not resident twice.  Reading them again maps the pages
+        back from the file (or the OS cache), so this never loses data."""
+        madvise = getattr(self._mmap, "madvise", None)
+        if madvise is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        t = self.tensor(name)
+        stop = t.nbytes if stop is None else min(stop, t.nbytes)
+        first = t.file_offset + max(0, start)
+        start = first - first % mmap.PAGESIZE
+        length = t.file_offset + stop - start
+        if length > 0:
+            madvise(mmap.MADV_DONTNEED, start, length)
+
     def bytes_range(self, start: int, stop: int) -> memoryview:
         return memoryview(self._mmap)[start:stop]
 

@@ -229,6 +229,26 @@ def widen_q5_0_in(model: GGUFModel) -> bool:
     return 0 < q5 <= WIDEN_Q5_0_MAX_SHARE * total
 
 
+def load_qweight(model: GGUFModel, name: str, widen: bool) -> QWeight:
+    """A matrix repacked for the kernels (Q5_0 widened when ``widen``); the file's pages of it are
+    then let go, so the load's resident memory holds each weight once, not mapped and repacked."""
+    t = model.tensor(name)
+    rows, cols = (int(d) for d in t.shape)
+    raw = model.raw(name)
+    sliced = []  # a large tensor's slices, let go of as soon as they are copied
+
+    def copied(start: int, stop: int) -> None:
+        sliced.append((start, stop))
+        model.release(name, start, stop)
+
+    w = repack(raw, t.type, rows, cols, copied)
+    if widen:
+        w = widen_q5_0(w)
+    if not sliced and not any(np.may_share_memory(f, raw) for f in w.fields):
+        model.release(name)
+    return w
+
+
 class Weights:
     """Typed access to a GGUF file's tensors with :class:`ModelError` for missing or misshapen ones."""
 
@@ -250,8 +270,7 @@ class Weights:
             raise ModelError(
                 f"{self.model.path.name}: {name} has shape {tuple(t.shape)}, expected ({rows}, {cols})"
             )
-        w = repack(self.model.raw(name), t.type, rows, cols)
-        return widen_q5_0(w) if self.widen_q5_0 else w
+        return load_qweight(self.model, name, self.widen_q5_0)
 
     def vector(self, name: str, n: int) -> np.ndarray:
         self._need(name)

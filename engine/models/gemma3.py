@@ -30,7 +30,7 @@ import numpy as np
 
 from engine.errors import ModelError
 from engine.gguf import GGUFModel
-from engine.models._common import check_span, checked_tokens, in_micro_batches, widen_q5_0_in
+from engine.models._common import check_span, checked_tokens, in_micro_batches, load_qweight, widen_q5_0_in
 from engine.runtime.kernels import (
     QWeight,
     attention,
@@ -41,12 +41,10 @@ from engine.runtime.kernels import (
     geglu_lut,
     matmul_dense,
     matvec,
-    repack,
     rmsnorm,
     rope_neox,
 )
 from engine.runtime.kernels.qgemm import qgemm
-from engine.runtime.kernels.qmatmul import widen_q5_0
 from engine.runtime.kv_cache import KVCache
 
 ARCH = "gemma3"
@@ -142,13 +140,6 @@ class Gemma3Layer:
     post_ffw_norm: np.ndarray
 
 
-def _weight(model: GGUFModel, name: str, widen: bool) -> QWeight:
-    t = model.tensor(name)
-    rows, cols = t.shape
-    w = repack(model.raw(name), t.type, rows, cols)
-    return widen_q5_0(w) if widen else w
-
-
 def _norm(model: GGUFModel, name: str, n: int) -> np.ndarray:
     a = np.array(model.array(name), np.float32)
     if a.shape != (n,):
@@ -209,7 +200,7 @@ class Gemma3:
         for i in range(p.n_layer):
 
             def w(name: str, i: int = i) -> QWeight:
-                return _weight(model, f"blk.{i}.{name}.weight", widen)
+                return load_qweight(model, f"blk.{i}.{name}.weight", widen)
 
             def nrm(name: str, n: int, i: int = i) -> np.ndarray:
                 return _norm(model, f"blk.{i}.{name}.weight", n)
@@ -232,7 +223,7 @@ class Gemma3:
                 )
             )
         out_name = "output.weight" if model.has_tensor("output.weight") else "token_embd.weight"
-        tok = _weight(model, "token_embd.weight", widen)
+        tok = load_qweight(model, "token_embd.weight", widen)
         if out_name != "token_embd.weight":
             raise ModelError(f"{model.path.name}: an untied output.weight is not supported for {ARCH} yet")
         return cls(p, layers, tok, _norm(model, "output_norm.weight", p.n_embd), n_ctx, kv_type)

@@ -19,6 +19,7 @@ reference (:func:`matmul_ref`: float64 over exactly dequantized weights and acti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,8 +126,12 @@ def _type_name(ggml_type: int) -> str:
         return f"GGML type {ggml_type}"
 
 
-def repack(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> QWeight:
-    """Split GGML blocks (``raw``: the tensor's bytes) into a :class:`QWeight`, bits unchanged."""
+def repack(
+    raw: np.ndarray, ggml_type: int, rows: int, cols: int, copied: Callable[[int, int], None] | None = None
+) -> QWeight:
+    """Split GGML blocks (``raw``: the tensor's bytes) into a :class:`QWeight`, bits unchanged.
+    ``copied(start, stop)`` is told each byte range of ``raw`` once it has been copied out of it
+    (a large tensor is repacked in slices; the loader then lets go of those pages)."""
     if ggml_type not in QTYPES:
         supported = ", ".join(n for n, _, _ in QTYPES.values())
         raise ModelError(f"no CPU kernel for weights of type {_type_name(ggml_type)}; supported: {supported}")
@@ -147,9 +152,14 @@ def repack(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> QWeight:
     fields = tuple(np.empty((rows, *f.shape[1:]), f.dtype) for f in first)
     for f, part in zip(fields, first, strict=True):
         f[:step] = part
+    row_bytes = nb * bb
+    if copied is not None:
+        copied(0, step * row_bytes)
     for r0 in range(step, rows, step):
         for f, part in zip(fields, _repack_rows(name, blk[r0 : r0 + step]), strict=True):
             f[r0 : r0 + part.shape[0]] = part
+        if copied is not None:
+            copied(r0 * row_bytes, min(rows, r0 + step) * row_bytes)
     return QWeight(name, rows, cols, fields)
 
 
