@@ -16,26 +16,34 @@ from engine.quant.format import QuantFormat
 # ============================================================================ Numba kernels
 
 
+@njit(**KERNEL)
+def _f16_row(x, out):
+    for j in range(x.shape[0]):
+        out[j] = np.uint16(f32_to_f16_bits(x[j]))
+
+
 @njit(**KERNEL, parallel=True)
 def _f16_rows(x, out):
-    rows, n = x.shape
-    for r in prange(rows):
-        for j in range(n):
-            h = f32_to_f16_bits(x[r, j])
-            out[r, 2 * j] = h & 0xFF
-            out[r, 2 * j + 1] = h >> 8
+    """``out`` (rows, n) uint16: the fp16 bits of ``x``.  Each row goes through a plain function of
+    its own: inside a ``prange`` body the element loop does not vectorize, in a function it does."""
+    for r in prange(x.shape[0]):
+        _f16_row(x[r], out[r])
+
+
+@njit(**KERNEL)
+def _bf16_row(u, out):
+    for j in range(u.shape[0]):
+        v = u[j]
+        rounded = (v + (np.uint32(0x7FFF) + ((v >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+        quiet = (v >> np.uint32(16)) | np.uint32(64)
+        out[j] = np.uint16(quiet if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded)
 
 
 @njit(**KERNEL, parallel=True)
-def _bf16_rows(x, out):
-    rows, n = x.shape
-    for r in prange(rows):
-        for j in range(n):
-            u = np.int64(np.float32(x[r, j]).view(np.uint32))
-            nan = (u & 0x7FFFFFFF) > 0x7F800000
-            h = ((u >> 16) | 64) if nan else (((u + (0x7FFF + ((u >> 16) & 1))) >> 16) & 0xFFFF)
-            out[r, 2 * j] = h & 0xFF
-            out[r, 2 * j + 1] = h >> 8
+def _bf16_rows(u, out):
+    """``out`` (rows, n) uint16: the bf16 bits of the float32 bit patterns ``u`` (rows, n) uint32."""
+    for r in prange(u.shape[0]):
+        _bf16_row(u[r], out[r])
 
 
 @njit(**KERNEL, parallel=True)
@@ -69,15 +77,15 @@ def _dequantize_f32(blocks: np.ndarray) -> np.ndarray:
 
 
 def _quantize_f16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    out = np.empty((x.shape[0], x.shape[1] * 2), dtype=np.uint8)
+    out = np.empty(x.shape, dtype=np.uint16)
     _f16_rows(x, out)
-    return out
+    return out.view(np.uint8)  # little-endian bytes, as GGUF stores them
 
 
 def _quantize_bf16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    out = np.empty((x.shape[0], x.shape[1] * 2), dtype=np.uint8)
-    _bf16_rows(x, out)
-    return out
+    out = np.empty(x.shape, dtype=np.uint16)
+    _bf16_rows(np.ascontiguousarray(x).view(np.uint32), out)
+    return out.view(np.uint8)
 
 
 def _dequantize_f16(blocks: np.ndarray) -> np.ndarray:
