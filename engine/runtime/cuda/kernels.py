@@ -136,6 +136,51 @@ def _reduce_store(acc, sm, nt, out, t0, r, rows):
 # ============================================================================ activation quantization
 
 
+@cuda.jit(device=True)
+def q8_0_block(x, t, b, q, d):
+    """quantize_q8_0 of block ``b`` (32 elements) of row ``t`` of x into q, d."""
+    o = b * 32
+    amax = F32(0.0)
+    for j in range(32):
+        a = abs(x[t, o + j])
+        if a > amax:
+            amax = a
+    d[t, b] = f16_round(F32(amax / F32(127.0)))
+    idd = F32(0.0)
+    if amax != 0:
+        idd = F32(F32(127.0) / amax)
+    for j in range(32):
+        q[t, o + j] = np.int8(rint_f(F32(x[t, o + j] * idd)))
+
+
+@cuda.jit(device=True)
+def q8_k_block(x, t, b, q, d, bs):
+    """quantize_q8_k of super-block ``b`` (256 elements) of row ``t`` of x into q, d, bsums."""
+    o = b * 256
+    amax = F32(0.0)
+    vmax = F32(0.0)
+    for j in range(256):
+        a = abs(x[t, o + j])
+        if a > amax:
+            amax = a
+            vmax = x[t, o + j]
+    if amax == 0:
+        d[t, b] = F32(0.0)
+        for j in range(256):
+            q[t, o + j] = np.int8(0)
+    else:
+        iscale = F32(F32(-127.0) / vmax)
+        for j in range(256):
+            v = rint_f(F32(iscale * x[t, o + j]))
+            q[t, o + j] = np.int8(min(127.0, v))
+        d[t, b] = F32(F32(1.0) / iscale)
+    for g in range(16):
+        s = INT32(0)
+        for j in range(16):
+            s += INT32(q[t, o + 16 * g + j])
+        bs[t, b * 16 + g] = s
+
+
 @cuda.jit(cache=True)
 def quant_q8_0(x, q, d):
     """x (n, K) f32 -> q int8 (n, K), d f32 (n, K/32): quantize_q8_0 (one thread per block)."""
@@ -144,20 +189,7 @@ def quant_q8_0(x, q, d):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, n * nb, step):
-        t = i // nb
-        b = i % nb
-        o = b * 32
-        amax = F32(0.0)
-        for j in range(32):
-            a = abs(x[t, o + j])
-            if a > amax:
-                amax = a
-        d[t, b] = f16_round(F32(amax / F32(127.0)))
-        idd = F32(0.0)
-        if amax != 0:
-            idd = F32(F32(127.0) / amax)
-        for j in range(32):
-            q[t, o + j] = np.int8(rint_f(F32(x[t, o + j] * idd)))
+        q8_0_block(x, i // nb, i % nb, q, d)
 
 
 @cuda.jit(cache=True)
@@ -168,31 +200,7 @@ def quant_q8_k(x, q, d, bs):
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, n * nb, step):
-        t = i // nb
-        b = i % nb
-        o = b * 256
-        amax = F32(0.0)
-        vmax = F32(0.0)
-        for j in range(256):
-            a = abs(x[t, o + j])
-            if a > amax:
-                amax = a
-                vmax = x[t, o + j]
-        if amax == 0:
-            d[t, b] = F32(0.0)
-            for j in range(256):
-                q[t, o + j] = np.int8(0)
-        else:
-            iscale = F32(F32(-127.0) / vmax)
-            for j in range(256):
-                v = rint_f(F32(iscale * x[t, o + j]))
-                q[t, o + j] = np.int8(min(127.0, v))
-            d[t, b] = F32(F32(1.0) / iscale)
-        for g in range(16):
-            s = INT32(0)
-            for j in range(16):
-                s += INT32(q[t, o + 16 * g + j])
-            bs[t, b * 16 + g] = s
+        q8_k_block(x, i // nb, i % nb, q, d, bs)
 
 
 # ============================================================================ quantized mat-mul

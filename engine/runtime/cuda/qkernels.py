@@ -69,34 +69,38 @@ TWO_133 = 2.0**133
 # ============================================================================ activation conversion
 
 
+@cuda.jit(device=True)
+def q8_1_block(x, t, b, q, d, s):
+    """quantize_q8_1 of block ``b`` (32 elements) of row ``t``: Q8_0's codes and fp16 scale, plus
+    s = fp16(d_f32 · Σq) with the unrounded f32 d."""
+    o = b * 32
+    amax = F32(0.0)
+    for j in range(32):
+        a = abs(x[t, o + j])
+        if a > amax:
+            amax = a
+    dd = F32(amax / F32(127.0))
+    d[t, b] = f16_round(dd)
+    idd = F32(0.0)
+    if amax != 0:
+        idd = F32(F32(127.0) / amax)
+    tot = INT32(0)
+    for j in range(32):
+        v = INT32(rint_f(F32(x[t, o + j] * idd)))
+        q[t, o + j] = np.int8(v)
+        tot += v
+    s[t, b] = f16_round(F32(dd * F32(tot)))
+
+
 @cuda.jit(cache=True)
 def quant_q8_1(x, q, d, s):
-    """x (n, K) -> q int8, d f32, s f32 (n, K/32): quantize_q8_1, one thread per block (Q8_0's
-    codes and fp16 scale, plus s = fp16(d_f32 · Σq) with the unrounded f32 d)."""
+    """x (n, K) -> q int8, d f32, s f32 (n, K/32): quantize_q8_1, one thread per block."""
     n = x.shape[0]
     nb = x.shape[1] // 32
     start = cuda.grid(1)
     step = cuda.gridsize(1)
     for i in range(start, n * nb, step):
-        t = i // nb
-        b = i % nb
-        o = b * 32
-        amax = F32(0.0)
-        for j in range(32):
-            a = abs(x[t, o + j])
-            if a > amax:
-                amax = a
-        dd = F32(amax / F32(127.0))
-        d[t, b] = f16_round(dd)
-        idd = F32(0.0)
-        if amax != 0:
-            idd = F32(F32(127.0) / amax)
-        tot = INT32(0)
-        for j in range(32):
-            v = INT32(rint_f(F32(x[t, o + j] * idd)))
-            q[t, o + j] = np.int8(v)
-            tot += v
-        s[t, b] = f16_round(F32(dd * F32(tot)))
+        q8_1_block(x, i // nb, i % nb, q, d, s)
 
 
 @cuda.jit(device=True)
