@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
+from engine.runtime.cuda import decode as dec
 from engine.runtime.cuda import device as D
+from engine.runtime.cuda import fused_kernels as FK
 from engine.runtime.cuda import kernels as K
 from engine.runtime.cuda import ops_kernels as O
 
@@ -50,6 +52,9 @@ class _DeviceLayer:
     kc: Any
     vc: Any
     slot_pos: Any
+    qkv: dec.Stacks  # the q, k, v projections as one stack per weight type (wqkv: one)
+    qkv_bias: Any  # bq‖bk‖bv laid out like the stacks' output, or None
+    ffn: dec.Stacks  # gate and up likewise
 
 
 class DecoderGpu:
@@ -88,15 +93,27 @@ class DecoderGpu:
                 def qw(w, arena=arena):
                     return None if w is None else D.DeviceQWeight.upload(arena, w)
 
+                if L.wqkv is None:
+                    attn, qkv = D.upload_stacked(arena, [("q", L.wq), ("k", L.wk), ("v", L.wv)])
+                    wqkv = None
+                else:
+                    attn, wqkv = {}, qw(L.wqkv)
+                    qkv = [(wqkv, [("q", 0), ("k", p.n_q), ("v", p.n_q + p.n_kv)])]
+                if L.w_gate is None:
+                    ffn, w_up = {}, qw(L.w_up)
+                    ffn_stacks = [(w_up, [("gate", 0), ("up", p.n_ff)])]
+                else:
+                    ffn, ffn_stacks = D.upload_stacked(arena, [("gate", L.w_gate), ("up", L.w_up)])
+                    w_up = ffn["up"]
                 self.layers.append(
                     _DeviceLayer(
                         il=il,
                         arena=arena,
                         attn_norm=up(L.attn_norm),
-                        wq=qw(L.wq),
-                        wk=qw(L.wk),
-                        wv=qw(L.wv),
-                        wqkv=qw(L.wqkv),
+                        wq=attn.get("q"),
+                        wk=attn.get("k"),
+                        wv=attn.get("v"),
+                        wqkv=wqkv,
                         bq=up(L.bq),
                         bk=up(L.bk),
                         bv=up(L.bv),
@@ -105,13 +122,16 @@ class DecoderGpu:
                         wo=qw(L.wo),
                         bo=up(L.bo),
                         ffn_norm=up(L.ffn_norm),
-                        w_gate=qw(L.w_gate),
-                        w_up=qw(L.w_up),
+                        w_gate=ffn.get("gate"),
+                        w_up=w_up,
                         w_down=qw(L.w_down),
                         freq_factors=up(model.freq_factors),
                         kc=arena.empty(shape, np.uint16),
                         vc=arena.empty(shape, np.uint16),
                         slot_pos=arena.upload(np.full(self.n_ctx, -1, np.int64)),
+                        qkv=qkv,
+                        qkv_bias=up(self._flat_bias(qkv, L)),
+                        ffn=ffn_stacks,
                     )
                 )
         if output:
@@ -121,6 +141,19 @@ class DecoderGpu:
             with arena.on(), arena.loading("the output layer"):
                 w_out = model.tok_embd if model.output is None else model.output
                 self.output = (D.DeviceQWeight.upload(arena, w_out), arena.upload(model.output_norm))
+        self.decode = [self._decode_group(arena, layers) for arena, layers in dec.groups(self.layers)]
+
+    def _flat_bias(self, qkv: dec.Stacks, L: Any) -> np.ndarray | None:
+        """The q, k, v biases where the stacks put their outputs (zeros for a missing one)."""
+        if L.bq is None and L.bk is None and L.bv is None:
+            return None
+        p = self.params
+        _, off = dec.stack_offsets(qkv)
+        flat = np.zeros(p.n_q + 2 * p.n_kv, np.float32)
+        for name, b in (("q", L.bq), ("k", L.bk), ("v", L.bv)):
+            if b is not None:
+                flat[off[name] : off[name] + len(b)] = b
+        return flat
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -162,6 +195,9 @@ class DecoderGpu:
         last layer (as on the CPU)."""
         self.truncate(pos0)
         n = x.shape[0]
+        if n == 1 and see is None:
+            self.n_past = pos0 + 1
+            return dec.forward_one(self.decode, x, pos0, want_logits)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         i = 0
         while i < len(self.layers):
@@ -259,6 +295,68 @@ class DecoderGpu:
         act = D.quantize(lc, L.w_gate.act_type, h)
         up_act = act if L.w_up.act_type == L.w_gate.act_type else D.quantize(lc, L.w_up.act_type, h)
         return O.run_swiglu(lc, D.matmul(lc, L.w_gate, act), D.matmul(lc, L.w_up, up_act))
+
+    def _decode_group(self, arena: D.DeviceArena, layers: list[_DeviceLayer]) -> dec.Group:
+        """Buffers and launches of one token through ``layers`` (all on ``arena``): the graph of
+        :meth:`_layer` with fused kernels; the end of a layer (residual add) and the next layer's
+        attention norm and quantization are one launch."""
+        p = self.params
+        out = self.output if layers[-1] is self.layers[-1] else None
+        f32 = np.float32
+        attn_t = [[s.act_type for s, _ in L.qkv] for L in layers]
+        ffn_t = [[s.act_type for s, _ in L.ffn] for L in layers]
+        out_t = [out[0].act_type] if out else []
+        with arena.on(), arena.loading("decode buffers"):
+            E = arena.empty
+            x, a = E((1, p.n_embd), f32), E((1, p.n_embd), f32)
+            h = dec.Codes(arena, E((1, p.n_embd), f32), [t for ts in (*attn_t, *ffn_t, out_t) for t in ts])
+            qkv = E((p.n_q + 2 * p.n_kv,), f32)
+            q, att = E((1, p.n_head, p.head_dim), f32), E((1, p.n_head, p.head_dim), f32)
+            ac = dec.Codes(arena, att.reshape(1, p.n_q), [L.wo.act_type for L in layers])
+            gu = E((2 * p.n_ff,), f32)
+            fc = dec.Codes(arena, E((1, p.n_ff), f32), [L.w_down.act_type for L in layers])
+            qpos = E((1,), np.int64)
+            scores = E((p.n_head, self.n_ctx), f32)
+            none = E((0,), f32)
+            logits = E((1, p.n_vocab), f32) if out else None
+        lc = arena.launch
+        eps = f32(p.eps)
+        rope = (p.n_rot, D._theta_scale(f32(p.rope_base), p.n_rot), f32(p.rope_freq_scale))
+        body = dec.Program(arena)
+        dec.add_residual(body, FK.NO_RESIDUAL, x, none, none, x, layers[0].attn_norm, eps, h, attn_t[0])
+        for i, L in enumerate(layers):
+            off = dec.add_stack_matmuls(body, L.qkv, h, qkv)
+            norms = (none, none) if L.q_norm is None else (L.q_norm, L.k_norm)
+            bias = none if L.qkv_bias is None else L.qkv_bias
+            head = (qkv, off["q"], off["k"], off["v"], bias, *norms, eps)
+            tail = (*rope, L.freq_factors, f32(p.rope_attn_factor), bool(p.rope_neox), f32(p.attn_scale))
+            tail += (bool(self.scale_q), q, L.kc, L.vc, L.slot_pos, qpos)
+            body.add_at(
+                FK.ext_qk_rope_kv,
+                D._blocks(p.n_head + p.n_head_kv, 1, lc),
+                lc.row_threads,
+                lambda pos, head=head, tail=tail: (*head, pos, *tail),
+            )
+            dec.add_attention(body, q, L.kc, L.vc, L.slot_pos, qpos, 0, True, scores, att)
+            ac.add_rest(body, [L.wo.act_type], fused=False)
+            body.add_call(D.matmul_call(lc, L.wo, ac.acts[L.wo.act_type], a))
+            bo = none if L.bo is None else L.bo
+            dec.add_residual(body, FK.ADD, a, bo, none, x, L.ffn_norm, eps, h, ffn_t[i])
+            off = dec.add_stack_matmuls(body, L.ffn, h, gu)
+            dec.add_glu(body, gu, off["gate"], off["up"], FK.SILU, fc, [L.w_down.act_type])
+            body.add_call(D.matmul_call(lc, L.w_down, fc.acts[L.w_down.act_type], a))
+            if i + 1 < len(layers):
+                nxt = layers[i + 1].attn_norm
+                dec.add_residual(body, FK.ADD, a, none, none, x, nxt, eps, h, attn_t[i + 1])
+        to_hidden = dec.Program(arena)
+        dec.add_residual(to_hidden, FK.ADD, a, none, none, x, none, eps, h, [])
+        to_logits = None
+        if out is not None:
+            w_out, norm = out
+            to_logits = dec.Program(arena)
+            dec.add_residual(to_logits, FK.ADD, a, none, none, x, norm, eps, h, out_t)
+            to_logits.add_call(D.matmul_call(lc, w_out, h.acts[w_out.act_type], logits))
+        return dec.Group(arena, x, body, to_hidden, to_logits, logits)
 
     def _output(self, arena: D.DeviceArena, x, last_only: bool, see) -> np.ndarray:
         p = self.params

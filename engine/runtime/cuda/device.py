@@ -204,9 +204,75 @@ class DeviceQWeight:
         F32, F16 or BF16."""
         return VEC_DOT_TYPE[self.qtype]
 
+    def row_slice(self, r0: int, n: int) -> DeviceQWeight:
+        """Rows ``r0 .. r0 + n`` as a weight of their own (views of the same device fields)."""
+        return DeviceQWeight(
+            self.qtype, n, self.cols, tuple(f[r0 : r0 + n] for f in self.fields), self.tables
+        )
+
+
+def upload_stacked(arena: DeviceArena, named: list[tuple[str, QWeight]]):
+    """Upload weights of the same input width, those of one type concatenated by rows (one
+    mat-mul launch computes them all).  Returns a weight per name (row views of its stack) and
+    the stacks, each with its members' (name, first row)."""
+    by_type: dict[str, list[tuple[str, QWeight]]] = {}
+    for name, w in named:
+        by_type.setdefault(w.qtype, []).append((name, w))
+    views: dict[str, DeviceQWeight] = {}
+    stacks: list[tuple[DeviceQWeight, list[tuple[str, int]]]] = []
+    for qtype, members in by_type.items():
+        ws = [w for _, w in members]
+        if len(ws) == 1:
+            stack = DeviceQWeight.upload(arena, ws[0])
+        else:
+            if len({w.cols for w in ws}) != 1:
+                raise ValueError("stacked weights need the same number of columns")
+            fields = tuple(
+                np.concatenate(parts, axis=0) for parts in zip(*(w.fields for w in ws), strict=True)
+            )
+            stack = DeviceQWeight.upload(arena, QWeight(qtype, sum(w.rows for w in ws), ws[0].cols, fields))
+        rows = []
+        r0 = 0
+        for name, w in members:
+            views[name] = stack if len(ws) == 1 else stack.row_slice(r0, w.rows)
+            rows.append((name, r0))
+            r0 += w.rows
+        stacks.append((stack, rows))
+    return views, stacks
+
 
 def _blocks(n: int, threads: int, launch: Launch) -> int:
     return max(1, min(launch.max_blocks, math.ceil(n / threads)))
+
+
+def act_buffers(empty, act_type: str, n: int, k: int, x=None) -> tuple[Any, ...]:
+    """The arrays (from ``empty(shape, dtype)``) that :func:`quantize_call` fills for a weight
+    whose activations are ``act_type``: see :func:`quantize`; F32 is ``x`` itself."""
+    if act_type == "F32":
+        return (x,)
+    if act_type in ("F16", "BF16"):
+        return (empty((n, k), np.float32),)
+    q = empty((n, k), np.int8)
+    if act_type == "Q8_K":
+        return q, empty((n, k // 256), np.float32), empty((n, k // 16), np.int32)
+    if act_type == "Q8_1":
+        return q, empty((n, k // 32), np.float32), empty((n, k // 32), np.float32)
+    return q, empty((n, k // 32), np.float32)
+
+
+def quantize_call(launch: Launch, act_type: str, x, act):
+    """(kernel, grid, block, args) filling ``act`` (:func:`act_buffers`) from x (n, K) f32, or None
+    for F32 activations (x itself)."""
+    n, k = x.shape
+    threads = launch.elem_threads
+    if act_type == "F32":
+        return None
+    if act_type in ("F16", "BF16"):
+        return QK.round_act, _blocks(n * k, threads, launch), threads, (x, act[0], QK.FLOAT_KINDS[act_type])
+    if act_type == "Q8_K":
+        return K.quant_q8_k, _blocks(n * (k // 256), threads, launch), threads, (x, *act)
+    kernel = QK.quant_q8_1 if act_type == "Q8_1" else K.quant_q8_0
+    return kernel, _blocks(n * (k // 32), threads, launch), threads, (x, *act)
 
 
 def quantize(launch: Launch, act_type: str, x):
@@ -214,68 +280,58 @@ def quantize(launch: Launch, act_type: str, x):
     Q8_0 (codes, scales), Q8_1 (codes, scales, sums), Q8_K (codes, scales, bsums), or a 1-tuple of
     f32 activations for float weights (x itself for F32, rounded to fp16 / bf16 values)."""
     n, k = x.shape
-    if act_type == "F32":
-        return (x,)
-    if act_type in ("F16", "BF16"):
-        out = cuda.device_array((n, k), np.float32)
-        kind = QK.FLOAT_KINDS[act_type]
-        QK.round_act[_blocks(n * k, launch.elem_threads, launch), launch.elem_threads](x, out, kind)
-        return (out,)
-    q = cuda.device_array((n, k), np.int8)
-    if act_type == "Q8_K":
-        d = cuda.device_array((n, k // 256), np.float32)
-        bs = cuda.device_array((n, k // 16), np.int32)
-        nb = n * (k // 256)
-        K.quant_q8_k[_blocks(nb, launch.elem_threads, launch), launch.elem_threads](x, q, d, bs)
-        return q, d, bs
-    d = cuda.device_array((n, k // 32), np.float32)
-    nb = n * (k // 32)
-    if act_type == "Q8_1":
-        s = cuda.device_array((n, k // 32), np.float32)
-        QK.quant_q8_1[_blocks(nb, launch.elem_threads, launch), launch.elem_threads](x, q, d, s)
-        return q, d, s
-    K.quant_q8_0[_blocks(nb, launch.elem_threads, launch), launch.elem_threads](x, q, d)
-    return q, d
+    act = act_buffers(cuda.device_array, act_type, n, k, x)
+    call = quantize_call(launch, act_type, x, act)
+    if call is not None:
+        kernel, grid, block, args = call
+        kernel[grid, block](*args)
+    return act
 
 
-def matmul(launch: Launch, w: DeviceQWeight, act, out=None):
-    """``x @ W.T`` (n, rows) f32 on the quantized blocks, from activations quantized by
-    :func:`quantize` with ``w.act_type``."""
+def matmul_call(launch: Launch, w: DeviceQWeight, act, out):
+    """(kernel, grid, block, args) of ``x @ W.T`` into out (n, rows) f32, from activations
+    quantized by :func:`quantize` with ``w.act_type``."""
     n = act[0].shape[0]
-    if out is None:
-        out = cuda.device_array((n, w.rows), np.float32)
     grid = (_blocks(w.rows, launch.rows_per_block, launch), math.ceil(n / K.TT))
     block = (launch.lanes, launch.rows_per_block)
     f = w.fields
     if w.qtype == "Q8_0":
-        K.mm_q8_0[grid, block](f[0], f[1], act[0], act[1], out)
-    elif w.qtype == "Q4_0":
-        K.mm_q4_0[grid, block](f[0], f[1], act[0], act[1], out)
-    elif w.qtype == "Q5_0":
-        K.mm_q5_0[grid, block](f[0], f[1], f[2], act[0], act[1], out)
-    elif w.qtype == "Q4_K":
-        K.mm_qk[grid, block](f[0], f[1], f[2], f[3], f[4], f[0], False, act[0], act[1], act[2], out)
-    elif w.qtype == "Q5_K":
-        K.mm_qk[grid, block](f[0], f[1], f[2], f[3], f[4], f[5], True, act[0], act[1], act[2], out)
-    elif w.qtype == "Q6_K":
-        K.mm_q6_k[grid, block](f[0], f[1], f[2], f[3], act[0], act[1], out)
-    elif w.qtype in QK.K32_KINDS:
+        return K.mm_q8_0, grid, block, (f[0], f[1], act[0], act[1], out)
+    if w.qtype == "Q4_0":
+        return K.mm_q4_0, grid, block, (f[0], f[1], act[0], act[1], out)
+    if w.qtype == "Q5_0":
+        return K.mm_q5_0, grid, block, (f[0], f[1], f[2], act[0], act[1], out)
+    if w.qtype == "Q4_K":
+        return K.mm_qk, grid, block, (f[0], f[1], f[2], f[3], f[4], f[0], False, act[0], act[1], act[2], out)
+    if w.qtype == "Q5_K":
+        return K.mm_qk, grid, block, (f[0], f[1], f[2], f[3], f[4], f[5], True, act[0], act[1], act[2], out)
+    if w.qtype == "Q6_K":
+        return K.mm_q6_k, grid, block, (f[0], f[1], f[2], f[3], act[0], act[1], out)
+    if w.qtype in QK.K32_KINDS:
         # code fields in repack order, then the f32 scales (Q2_K: d and dmin); f[0] fills the
         # field arguments a type does not have
         nc = 3 if w.qtype == "Q2_K" else len(f) - 1
         codes = (*f[:nc], *(f[0],) * (4 - nc))
         d, dmin = f[nc], f[-1]
-        QK.mm_k32[grid, block](QK.K32_KINDS[w.qtype], *codes, d, dmin, *w.tables, *act, out)
-    elif w.qtype in QK.FLOAT_KINDS:
-        QK.mm_float[grid, block](f[0], QK.FLOAT_KINDS[w.qtype], act[0], out)
-    elif w.qtype == "Q4_1":
-        QK.mm_q4_1[grid, block](f[0], f[0], False, f[1], f[2], *act, out)
-    elif w.qtype == "Q5_1":
-        QK.mm_q4_1[grid, block](f[0], f[1], True, f[2], f[3], *act, out)
-    elif w.qtype in ("IQ4_NL", "MXFP4"):
-        QK.mm_lut4[grid, block](f[0], f[1], w.tables[0], act[0], act[1], out)
-    else:
-        raise ModelError(f"no CUDA kernel for {w.qtype}")
+        return QK.mm_k32, grid, block, (QK.K32_KINDS[w.qtype], *codes, d, dmin, *w.tables, *act, out)
+    if w.qtype in QK.FLOAT_KINDS:
+        return QK.mm_float, grid, block, (f[0], QK.FLOAT_KINDS[w.qtype], act[0], out)
+    if w.qtype == "Q4_1":
+        return QK.mm_q4_1, grid, block, (f[0], f[0], False, f[1], f[2], *act, out)
+    if w.qtype == "Q5_1":
+        return QK.mm_q4_1, grid, block, (f[0], f[1], True, f[2], f[3], *act, out)
+    if w.qtype in ("IQ4_NL", "MXFP4"):
+        return QK.mm_lut4, grid, block, (f[0], f[1], w.tables[0], act[0], act[1], out)
+    raise ModelError(f"no CUDA kernel for {w.qtype}")
+
+
+def matmul(launch: Launch, w: DeviceQWeight, act, out=None):
+    """``x @ W.T`` (n, rows) f32 on the quantized blocks, from activations quantized by
+    :func:`quantize` with ``w.act_type``."""
+    if out is None:
+        out = cuda.device_array((act[0].shape[0], w.rows), np.float32)
+    kernel, grid, block, args = matmul_call(launch, w, act, out)
+    kernel[grid, block](*args)
     return out
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
+from engine.runtime.cuda import decode as dec
 from engine.runtime.cuda import device as D
+from engine.runtime.cuda import fused_kernels as FK
 from engine.runtime.cuda import kernels as K
 
 
@@ -41,6 +43,8 @@ class _DeviceLayer:
     vc: Any
     slot_pos: Any
     window: int
+    qkv: dec.Stacks  # wq, wk, wv as one stack per weight type (the fields above are row views)
+    ffn: dec.Stacks  # w_gate, w_up likewise
 
 
 class Gemma3Gpu:
@@ -80,26 +84,30 @@ class Gemma3Gpu:
                 def qw(wt, arena=arena):
                     return D.DeviceQWeight.upload(arena, wt)
 
+                attn, qkv = D.upload_stacked(arena, [("q", L.wq), ("k", L.wk), ("v", L.wv)])
+                ffn, ffn_stacks = D.upload_stacked(arena, [("gate", L.w_gate), ("up", L.w_up)])
                 layer = _DeviceLayer(
                     il=il,
                     arena=arena,
                     attn_norm=up(L.attn_norm),
-                    wq=qw(L.wq),
-                    wk=qw(L.wk),
-                    wv=qw(L.wv),
+                    wq=attn["q"],
+                    wk=attn["k"],
+                    wv=attn["v"],
                     q_norm=up(L.q_norm),
                     k_norm=up(L.k_norm),
                     wo=qw(L.wo),
                     post_attn_norm=up(L.post_attn_norm),
                     ffn_norm=up(L.ffn_norm),
-                    w_gate=qw(L.w_gate),
-                    w_up=qw(L.w_up),
+                    w_gate=ffn["gate"],
+                    w_up=ffn["up"],
                     w_down=qw(L.w_down),
                     post_ffw_norm=up(L.post_ffw_norm),
                     kc=arena.empty((slots, p.n_head_kv, p.head_dim), np.uint16),
                     vc=arena.empty((slots, p.n_head_kv, p.head_dim), np.uint16),
                     slot_pos=arena.upload(np.full(slots, -1, np.int64)),
                     window=w,
+                    qkv=qkv,
+                    ffn=ffn_stacks,
                 )
                 self.layers.append(layer)
         if output:
@@ -108,6 +116,7 @@ class Gemma3Gpu:
                 raise ValueError("the output layer goes on the GPU of the last layer")
             with arena.on(), arena.loading("the output layer"):
                 self.output = (D.DeviceQWeight.upload(arena, model.tok_embd), arena.upload(model.output_norm))
+        self.decode = [self._decode_group(arena, layers) for arena, layers in dec.groups(self.layers)]
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -151,6 +160,9 @@ class Gemma3Gpu:
         last layer (as on the CPU)."""
         self.truncate(pos0)
         n = x.shape[0]
+        if n == 1 and see is None:
+            self.n_past = pos0 + 1
+            return dec.forward_one(self.decode, x, pos0, want_logits)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         out: np.ndarray | None = None
         logits = False
@@ -231,6 +243,73 @@ class Gemma3Gpu:
         look(f"blk.{il}.ffn_down.weight", f)
         f = D.matmul(lc, L.w_down, D.quantize(lc, L.w_down.act_type, f))
         return D.rmsnorm(lc, f, L.post_ffw_norm, eps, res=x)
+
+    def _decode_group(self, arena: D.DeviceArena, layers: list[_DeviceLayer]) -> dec.Group:
+        """Buffers and launches of one token through ``layers`` (all on ``arena``): the graph of
+        :meth:`_layer` with fused kernels; the end of a layer (post-FFN norm and residual) and the
+        next layer's attention norm and quantization are one launch."""
+        p = self.params
+        out = self.output if layers[-1] is self.layers[-1] else None
+        f32 = np.float32
+        nq, nkv = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+        attn_t = [[w.act_type for w in (L.wq, L.wk, L.wv)] for L in layers]
+        ffn_t = [[L.w_gate.act_type, L.w_up.act_type] for L in layers]
+        out_t = [out[0].act_type] if out else []
+        with arena.on(), arena.loading("decode buffers"):
+            E = arena.empty
+            x, a = E((1, p.n_embd), f32), E((1, p.n_embd), f32)
+            h = dec.Codes(arena, E((1, p.n_embd), f32), [t for ts in (*attn_t, *ffn_t, out_t) for t in ts])
+            qkv = E((nq + 2 * nkv,), f32)
+            q, att = E((1, p.n_head, p.head_dim), f32), E((1, p.n_head, p.head_dim), f32)
+            ac = dec.Codes(arena, att.reshape(1, nq), [L.wo.act_type for L in layers])
+            gu = E((2 * p.n_ff,), f32)
+            fc = dec.Codes(arena, E((1, p.n_ff), f32), [L.w_down.act_type for L in layers])
+            qpos = E((1,), np.int64)
+            scores = E((p.n_head, max(L.kc.shape[0] for L in layers)), f32)
+            none = E((0,), f32)
+            logits = E((1, p.n_vocab), f32) if out else None
+        lc = arena.launch
+        eps = np.float32(p.eps)
+        gelu = FK.GELU_F16 if self.fp16_gelu else FK.GELU
+        body = dec.Program(arena)
+        dec.add_residual(body, FK.NO_RESIDUAL, x, none, none, x, layers[0].attn_norm, eps, h, attn_t[0])
+        for i, L in enumerate(layers):
+            off = dec.add_stack_matmuls(body, L.qkv, h, qkv)
+            base, fscale = p.rope(L.il)
+            head = (qkv, off["q"], off["k"], off["v"], L.q_norm, L.k_norm, eps)
+            tail = (D._theta_scale(f32(base), p.head_dim), np.float64(fscale), f32(p.attn_scale))
+            tail += (bool(self.round_f16), q, L.kc, L.vc, L.slot_pos, qpos)
+            body.add_at(
+                FK.gemma_qk_rope_kv,
+                D._blocks(p.n_head + p.n_head_kv, 1, lc),
+                lc.row_threads,
+                lambda pos, head=head, tail=tail: (*head, pos, *tail),
+            )
+            dec.add_attention(
+                body, q, L.kc, L.vc, L.slot_pos, qpos, L.window, bool(self.round_f16), scores, att
+            )
+            ac.add_rest(body, [L.wo.act_type], fused=False)
+            body.add_call(D.matmul_call(lc, L.wo, ac.acts[L.wo.act_type], a))
+            dec.add_residual(body, FK.ADD_NORMED, a, none, L.post_attn_norm, x, L.ffn_norm, eps, h, ffn_t[i])
+            off = dec.add_stack_matmuls(body, L.ffn, h, gu)
+            dec.add_glu(body, gu, off["gate"], off["up"], gelu, fc, [L.w_down.act_type])
+            body.add_call(D.matmul_call(lc, L.w_down, fc.acts[L.w_down.act_type], a))
+            if i + 1 < len(layers):
+                nxt = layers[i + 1].attn_norm
+                dec.add_residual(body, FK.ADD_NORMED, a, none, L.post_ffw_norm, x, nxt, eps, h, attn_t[i + 1])
+        post = layers[-1].post_ffw_norm
+        to_hidden = dec.Program(arena)
+        dec.add_residual(to_hidden, FK.ADD_NORMED, a, none, post, x, none, eps, h, [])
+        to_logits = None
+        if out is not None:
+            w_out, norm = out
+            to_logits = dec.Program(arena)
+            dec.add_residual(to_logits, FK.ADD_NORMED, a, none, post, x, norm, eps, h, out_t)
+            to_logits.add_call(D.matmul_call(lc, w_out, h.acts[w_out.act_type], logits))
+            if p.final_softcap > 0:
+                grid = D._blocks(p.n_vocab, lc.elem_threads, lc)
+                to_logits.add(K.softcap, grid, lc.elem_threads, (logits, f32(p.final_softcap)))
+        return dec.Group(arena, x, body, to_hidden, to_logits, logits)
 
     def _output(self, arena: D.DeviceArena, x, last_only: bool, see) -> np.ndarray:
         p = self.params

@@ -1,0 +1,212 @@
+"""The one-token (decode) path of the GPU layers, built once per model and device: every device
+buffer of a token (hidden state, mat-mul inputs and their activation codes, q‖k‖v, attention,
+gate‖up, logits) is allocated with the weights, and every launch is configured once, so a decoded
+token costs only the launches themselves (no allocation, no launch-shape arithmetic, no dispatch
+on weight types).  The layer graphs that fill a :class:`Program` live in :mod:`.gemma3` and
+:mod:`.decoder`; the fused kernels in :mod:`.fused_kernels`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.runtime.cuda import device as D
+from engine.runtime.cuda import fused_kernels as FK
+from engine.runtime.cuda import kernels as K
+
+
+def bind(arena: D.DeviceArena, kernel, grid, block) -> Callable[..., None]:
+    """``kernel[grid, block]``, configured once.  numba-cuda builds a launcher (and checks its
+    occupancy) at each indexing, so on a GPU the configured launcher is kept; the simulator's
+    kernels keep their configuration in the kernel object itself, so there it is set again before
+    each call."""
+    if arena.simulator:
+        return functools.partial(_configured, kernel, grid, block)
+    return kernel[grid, block]
+
+
+def _configured(kernel, grid, block, *args) -> None:
+    kernel[grid, block](*args)
+
+
+class Program:
+    """Launches and their arguments, run in order.  Arguments that depend on the token's position
+    are a function of it (``at``)."""
+
+    def __init__(self, arena: D.DeviceArena) -> None:
+        self.arena = arena
+        self.ops: list[tuple[Callable[..., None], Any, bool]] = []
+
+    def add(self, kernel, grid, block, args: tuple[Any, ...]) -> None:
+        self.ops.append((bind(self.arena, kernel, grid, block), tuple(args), False))
+
+    def add_at(self, kernel, grid, block, args_at: Callable[[int], tuple[Any, ...]]) -> None:
+        self.ops.append((bind(self.arena, kernel, grid, block), args_at, True))
+
+    def add_call(self, call) -> None:
+        """A (kernel, grid, block, args) of :func:`device.matmul_call` / ``quantize_call``."""
+        if call is not None:
+            kernel, grid, block, args = call
+            self.add(kernel, grid, block, args)
+
+    def run(self, pos: int) -> None:
+        for fn, args, at in self.ops:
+            fn(*(args(pos) if at else args))
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+class Codes:
+    """A mat-mul input row (1, k) f32 on the device and the activations of the weights that read
+    it (:func:`device.act_buffers`): a fused kernel writes the row and one code type
+    (:meth:`fused`), a quantization launch each of the others (:meth:`add_rest`)."""
+
+    def __init__(self, arena: D.DeviceArena, row, act_types: Iterable[str]) -> None:
+        self.row = row
+        k = row.shape[1]
+        self.acts = {t: D.act_buffers(arena.empty, t, 1, k, row) for t in dict.fromkeys(act_types)}
+        # stand-ins for the code arrays a kernel call does not use
+        self._no_q = arena.empty((1, 1), np.int8)
+        self._no_f = arena.empty((1, 1), np.float32)
+        self._no_i = arena.empty((1, 1), np.int32)
+
+    @staticmethod
+    def fused_type(act_types: Iterable[str]) -> str | None:
+        """The code type a fused kernel writes: the first of ``act_types`` with codes."""
+        return next((t for t in act_types if t in FK.CODE_KINDS), None)
+
+    def fused(self, act_types: Iterable[str]) -> tuple[Any, ...]:
+        """(kind, q, d, s, bs) arguments of a fused kernel for the first code type."""
+        t = self.fused_type(act_types)
+        if t is None:
+            return FK.NO_CODES, self._no_q, self._no_f, self._no_f, self._no_i
+        a = self.acts[t]
+        return (
+            FK.CODE_KINDS[t],
+            a[0],
+            a[1],
+            a[2] if t == "Q8_1" else self._no_f,
+            a[2] if t == "Q8_K" else self._no_i,
+        )
+
+    def add_rest(self, prog: Program, act_types: Iterable[str], fused: bool = True) -> None:
+        """Quantization launches for the types of ``act_types`` a fused kernel did not write."""
+        done = self.fused_type(act_types) if fused else None
+        for t in dict.fromkeys(act_types):
+            if t != done:
+                prog.add_call(D.quantize_call(prog.arena.launch, t, self.row, self.acts[t]))
+
+
+Stacks = list[tuple[D.DeviceQWeight, list[tuple[str, int]]]]
+
+
+def stack_offsets(stacks: Stacks) -> tuple[list[int], dict[str, int]]:
+    """Where each stack's rows, and each member's, start in the flat output of a stack list."""
+    bases = []
+    offsets = {}
+    base = 0
+    for stack, members in stacks:
+        bases.append(base)
+        for name, r0 in members:
+            offsets[name] = base + r0
+        base += stack.rows
+    return bases, offsets
+
+
+def add_stack_matmuls(prog: Program, stacks: Stacks, codes: Codes, flat) -> dict[str, int]:
+    """One mat-mul launch per stack into its part of the flat device output; the members' offsets."""
+    bases, offsets = stack_offsets(stacks)
+    for (stack, _), base in zip(stacks, bases, strict=True):
+        out = flat[base : base + stack.rows].reshape(1, stack.rows)
+        prog.add_call(D.matmul_call(prog.arena.launch, stack, codes.acts[stack.act_type], out))
+    return offsets
+
+
+def add_residual(prog: Program, mode: int, a, bias, w1, x, w2, eps, codes: Codes, act_types) -> None:
+    """:func:`fused_kernels.residual_norm_quant` (and the quantizations it does not fuse)."""
+    lc = prog.arena.launch
+    prog.add(
+        FK.residual_norm_quant,
+        D._blocks(x.shape[0], 1, lc),
+        lc.row_threads,
+        (a, bias, w1, x, w2, np.float32(eps), mode, codes.row, *codes.fused(act_types)),
+    )
+    codes.add_rest(prog, act_types)
+
+
+def add_attention(prog: Program, q, kc, vc, sp, qpos, window: int, round_f16: bool, scores, out) -> None:
+    """kernels.attention of one query over the slots filled so far."""
+    lc = prog.arena.launch
+    slots = kc.shape[0]
+    nh = q.shape[1]
+    prog.add_at(
+        K.attention,
+        D._blocks(nh, 1, lc),
+        lc.row_threads,
+        lambda pos: (q, kc, vc, sp, min(slots, pos + 1), qpos, window, round_f16, scores, out),
+    )
+
+
+def add_glu(prog: Program, gu, g_off: int, u_off: int, gate: int, codes: Codes, act_types) -> None:
+    """:func:`fused_kernels.glu_quant` (and the quantizations it does not fuse)."""
+    lc = prog.arena.launch
+    kind = codes.fused(act_types)
+    n = codes.row.shape[1]
+    nb = -(-n // (256 if kind[0] == FK.Q8_K else 32))
+    prog.add(
+        FK.glu_quant,
+        D._blocks(nb, lc.elem_threads, lc),
+        lc.elem_threads,
+        (gu, g_off, u_off, gate, codes.row, *kind),
+    )
+    codes.add_rest(prog, act_types)
+
+
+def groups(layers: list[Any]) -> list[tuple[D.DeviceArena, list[Any]]]:
+    """Consecutive GPU layers on the same device, with their device."""
+    out: list[tuple[D.DeviceArena, list[Any]]] = []
+    for L in layers:
+        if out and out[-1][0] is L.arena:
+            out[-1][1].append(L)
+        else:
+            out.append((L.arena, [L]))
+    return out
+
+
+@dataclass(eq=False)
+class Group:
+    """The one-token programs of the layers on one device: ``body`` runs them from the hidden
+    state in ``x``; then ``to_hidden`` finishes the residual stream in ``x`` (for the next device
+    or the CPU), or ``to_logits`` (on the device of the output layer) fills ``logits``."""
+
+    arena: D.DeviceArena
+    x: Any
+    body: Program
+    to_hidden: Program
+    to_logits: Program | None
+    logits: Any
+
+    def run(self, x: np.ndarray, pos: int, want_logits: bool) -> tuple[np.ndarray, bool]:
+        with self.arena.on():
+            self.x.copy_to_device(np.ascontiguousarray(x, np.float32).reshape(self.x.shape))
+            self.body.run(pos)
+            if want_logits and self.to_logits is not None:
+                self.to_logits.run(pos)
+                return self.logits.copy_to_host(), True
+            self.to_hidden.run(pos)
+            return self.x.copy_to_host(), False
+
+
+def forward_one(decode: list[Group], x: np.ndarray, pos: int, want_logits: bool) -> tuple[np.ndarray, bool]:
+    """One token through the GPU layers: (logits, True) or (hidden state, False), as ``forward``."""
+    for g in decode:
+        x, done = g.run(x, pos, want_logits)
+        if done:
+            return x, True
+    return x, False
