@@ -249,3 +249,32 @@ def test_ext_qk_rope_kv_equals_bias_norm_rope_scale_and_cache_write(launch, n_ro
         for g, wv, what in zip(_host([q_out, kc, vc, sp]), want, ["q", "k", "v", "slots"], strict=True):
             np.testing.assert_array_equal(g, wv, err_msg=f"{what} scale first {scale_first}")
         assert qpos.copy_to_host()[0] == pos
+
+
+@pytest.mark.parametrize(("act_type", "hd"), [("Q8_0", 64), ("Q8_1", 32), ("Q8_K", 256)])
+def test_attention_quant_equals_attention_and_quantize(launch, act_type, hd):
+    from numba import cuda
+
+    from engine.runtime.cuda import device as D
+    from engine.runtime.cuda import fused_kernels as FK
+    from engine.runtime.cuda import kernels as K
+
+    nh, nkv, slots, pos, window = 4, 2, 6, 7, 5
+    rng = np.random.default_rng(16)
+    q = cuda.to_device(_rng_rows(17, (1, nh, hd)))
+    kc, vc = (
+        cuda.to_device(rng.standard_normal((slots, nkv, hd)).astype(np.float16).view(np.uint16)) for _ in "kv"
+    )
+    sp = cuda.to_device(np.array([6, 7, 2, 3, -1, 5], np.int64))  # slot 2 is outside the window
+    qpos = cuda.to_device(np.array([pos], np.int64))
+    args = (q, kc, vc, sp, slots, qpos, window, True, cuda.device_array((nh, slots), np.float32))
+    out = cuda.device_array((1, nh, hd), np.float32)
+    K.attention[nh, launch.row_threads](*args, out)
+    want = _host(D.quantize(launch, act_type, out.reshape(1, nh * hd)))
+    out = cuda.device_array((1, nh, hd), np.float32)
+    flat = out.reshape(1, nh * hd)
+    act = D.act_buffers(cuda.device_array, act_type, 1, nh * hd, flat)
+    FK.attention_quant[2, launch.row_threads](*args, out, flat, *_codes_args(act_type, act))
+    for g, wv in zip(_host(act), want, strict=True):
+        np.testing.assert_array_equal(g, wv, err_msg=act_type)
+    assert np.abs(want[0].astype(np.int32)).max() == 127  # not all zeros

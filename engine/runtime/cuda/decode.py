@@ -140,17 +140,50 @@ def add_residual(prog: Program, mode: int, a, bias, w1, x, w2, eps, codes: Codes
     codes.add_rest(prog, act_types)
 
 
-def add_attention(prog: Program, q, kc, vc, sp, qpos, window: int, round_f16: bool, scores, out) -> None:
-    """kernels.attention of one query over the slots filled so far."""
+def add_attention(
+    prog: Program, q, cache, window: int, round_f16: bool, scores, codes: Codes, act_types
+) -> None:
+    """kernels.attention of one query over the slots filled so far (``cache``: keys, values, slot
+    positions, query position) into ``codes.row``'s (1, H, D) view, with the codes of the first of
+    ``act_types`` (:func:`fused_kernels.attention_quant`) when a head holds whole code blocks;
+    then the quantizations it does not fuse."""
     lc = prog.arena.launch
+    kc, vc, sp, qpos = cache
     slots = kc.shape[0]
-    nh = q.shape[1]
-    prog.add_at(
-        K.attention,
-        D._blocks(nh, 1, lc),
-        lc.row_threads,
-        lambda pos: (q, kc, vc, sp, min(slots, pos + 1), qpos, window, round_f16, scores, out),
-    )
+    nh, hd = q.shape[1], q.shape[2]
+    out = codes.row.reshape(q.shape)
+    t = Codes.fused_type(act_types)
+    fuse = t is not None and hd % (256 if t == "Q8_K" else 32) == 0
+    grid = D._blocks(nh, 1, lc)
+    if fuse:
+        kind = codes.fused(act_types)
+        prog.add_at(
+            FK.attention_quant,
+            grid,
+            lc.row_threads,
+            lambda pos: (
+                q,
+                kc,
+                vc,
+                sp,
+                min(slots, pos + 1),
+                qpos,
+                window,
+                round_f16,
+                scores,
+                out,
+                codes.row,
+                *kind,
+            ),
+        )
+    else:
+        prog.add_at(
+            K.attention,
+            grid,
+            lc.row_threads,
+            lambda pos: (q, kc, vc, sp, min(slots, pos + 1), qpos, window, round_f16, scores, out),
+        )
+    codes.add_rest(prog, act_types, fused=fuse)
 
 
 def add_glu(prog: Program, gu, g_off: int, u_off: int, gate: int, codes: Codes, act_types) -> None:

@@ -337,8 +337,8 @@ class DecoderGpu:
                 lc.row_threads,
                 lambda pos, head=head, tail=tail: (*head, pos, *tail),
             )
-            dec.add_attention(body, q, L.kc, L.vc, L.slot_pos, qpos, 0, True, scores, att)
-            ac.add_rest(body, [L.wo.act_type], fused=False)
+            cache = (L.kc, L.vc, L.slot_pos, qpos)
+            dec.add_attention(body, q, cache, 0, True, scores, ac, [L.wo.act_type])
             body.add_call(D.matmul_call(lc, L.wo, ac.acts[L.wo.act_type], a))
             bo = none if L.bo is None else L.bo
             dec.add_residual(body, FK.ADD, a, bo, none, x, L.ffn_norm, eps, h, ffn_t[i])

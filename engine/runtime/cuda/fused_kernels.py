@@ -7,6 +7,8 @@ launches of :mod:`.kernels` / :mod:`.ops_kernels` with the same arithmetic, step
 - :func:`gemma_qk_rope_kv` and :func:`ext_qk_rope_kv`: from the q‖k‖v mat-mul output, the per-head
   Q/K RMSNorm (and biases), RoPE, the query's scale and fp16 rounding, and the fp16 K/V cache
   write, with the position of the token for the attention kernel;
+- :func:`attention_quant`: attention of one token and the codes of its output for the output
+  projection, head by head (when a head is a whole number of code blocks);
 - :func:`glu_quant`: GELU (tanh, optionally through ggml's fp16 table) or SiLU gating and the
   quantization of its output.
 
@@ -25,7 +27,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from engine.runtime.cuda.kernels import SM_F64, _gelu, f16_bits, f16_round, q8_0_block, q8_k_block
+from engine.runtime.cuda.kernels import SM_F64, _gelu, attend, f16_bits, f16_round, q8_0_block, q8_k_block
 from engine.runtime.cuda.qkernels import q8_1_block
 
 F32 = np.float32
@@ -332,3 +334,18 @@ def glu_quant(gu, g_off, u_off, gate, f, kind, q, d, s, bs):
                 y = F32(g * up)
             f[0, i] = y
         code_block(f, 0, b, kind, q, d, s, bs)
+
+
+@cuda.jit(cache=True)
+def attention_quant(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out, flat, kind, qc, d, s, bs):
+    """kernels.attention of one token (q, out (1, H, D)), then the codes (``kind``) of each head's
+    output from ``flat``, out's (1, H*D) view; D must be a multiple of the code block.  One block
+    per head (grid-stride)."""
+    nh = q.shape[1]
+    per = q.shape[2] // block_elems(kind)
+    tid = cuda.threadIdx.x
+    smf = cuda.shared.array(SM_F64, np.float64)
+    for h in range(cuda.blockIdx.x, nh, cuda.gridDim.x):
+        attend(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out, h, smf)
+        for b in range(h * per + tid, h * per + per, cuda.blockDim.x):
+            code_block(flat, 0, b, kind, qc, d, s, bs)

@@ -285,10 +285,8 @@ class Gemma3Gpu:
                 lc.row_threads,
                 lambda pos, head=head, tail=tail: (*head, pos, *tail),
             )
-            dec.add_attention(
-                body, q, L.kc, L.vc, L.slot_pos, qpos, L.window, bool(self.round_f16), scores, att
-            )
-            ac.add_rest(body, [L.wo.act_type], fused=False)
+            cache = (L.kc, L.vc, L.slot_pos, qpos)
+            dec.add_attention(body, q, cache, L.window, bool(self.round_f16), scores, ac, [L.wo.act_type])
             body.add_call(D.matmul_call(lc, L.wo, ac.acts[L.wo.act_type], a))
             dec.add_residual(body, FK.ADD_NORMED, a, none, L.post_attn_norm, x, L.ffn_norm, eps, h, ffn_t[i])
             off = dec.add_stack_matmuls(body, L.ffn, h, gu)

@@ -592,77 +592,83 @@ def kv_truncate(slot_pos, n_past):
             slot_pos[s] = -1
 
 
-@cuda.jit(cache=True)
-def attention(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out):
-    """engine.runtime.kernels.attention over the first ``ns`` slots of an fp16 cache.
-    q (n, H, D) f32 pre-scaled; scores (n*H, >= ns) f32 scratch; out (n, H, D).
-    One block per (query, head) (grid-stride); threads split slots, then output dimensions."""
-    n = q.shape[0]
+@cuda.jit(device=True)
+def attend(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out, i, smf):
+    """Row ``i`` (query t, head h) of :func:`attention`: the block's threads split slots, then
+    output dimensions; ends with a barrier, out[t, h] complete."""
     nh = q.shape[1]
     d = q.shape[2]
     nkv = kc.shape[1]
     group = nh // nkv
     tid = cuda.threadIdx.x
     nth = cuda.blockDim.x
+    t = i // nh
+    h = i % nh
+    kh = h // group
+    p = qpos[t]
+    m = -math.inf
+    for s in range(tid, ns, nth):
+        sp = slot_pos[s]
+        if sp < 0 or sp > p or (window > 0 and p - sp >= window):
+            scores[i, s] = -math.inf
+            continue
+        acc = F32(0.0)
+        for j in range(d):
+            acc = F32(acc + F32(q[t, h, j] * f16_value(kc[s, kh, j])))
+        scores[i, s] = acc
+        if acc > m:
+            m = acc
+    if nth > 1:
+        smf[tid] = m
+        cuda.syncthreads()
+        stride = nth // 2
+        while stride > 0:
+            if tid < stride and smf[tid + stride] > smf[tid]:
+                smf[tid] = smf[tid + stride]
+            cuda.syncthreads()
+            stride //= 2
+        m = smf[0]
+        cuda.syncthreads()
+    mf = F32(m)
+    total = F64(0.0)
+    for s in range(tid, ns, nth):
+        sc = scores[i, s]
+        if sc != -math.inf:
+            e = F32(math.exp(F64(F32(sc - mf))))
+            scores[i, s] = e
+            total += F64(e)
+        else:
+            scores[i, s] = F32(0.0)
+    if nth > 1:
+        smf[tid] = total
+        cuda.syncthreads()
+        stride = nth // 2
+        while stride > 0:
+            if tid < stride:
+                smf[tid] = smf[tid] + smf[tid + stride]
+            cuda.syncthreads()
+            stride //= 2
+        total = smf[0]
+    cuda.syncthreads()
+    inv = F32(1.0 / total)
+    for j in range(tid, d, nth):
+        acc = F32(0.0)
+        for s in range(ns):
+            e = scores[i, s]
+            if e != 0:
+                pr = F32(e * inv)
+                if round_f16:
+                    pr = f16_round(pr)
+                acc = F32(acc + F32(pr * f16_value(vc[s, kh, j])))
+        out[t, h, j] = acc
+    cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def attention(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out):
+    """engine.runtime.kernels.attention over the first ``ns`` slots of an fp16 cache.
+    q (n, H, D) f32 pre-scaled; scores (n*H, >= ns) f32 scratch; out (n, H, D).
+    One block per (query, head) (grid-stride); threads split slots, then output dimensions."""
     smf = cuda.shared.array(SM_F64, np.float64)
-    for i in range(cuda.blockIdx.x, n * nh, cuda.gridDim.x):
-        t = i // nh
-        h = i % nh
-        kh = h // group
-        p = qpos[t]
-        m = -math.inf
-        for s in range(tid, ns, nth):
-            sp = slot_pos[s]
-            if sp < 0 or sp > p or (window > 0 and p - sp >= window):
-                scores[i, s] = -math.inf
-                continue
-            acc = F32(0.0)
-            for j in range(d):
-                acc = F32(acc + F32(q[t, h, j] * f16_value(kc[s, kh, j])))
-            scores[i, s] = acc
-            if acc > m:
-                m = acc
-        if nth > 1:
-            smf[tid] = m
-            cuda.syncthreads()
-            stride = nth // 2
-            while stride > 0:
-                if tid < stride and smf[tid + stride] > smf[tid]:
-                    smf[tid] = smf[tid + stride]
-                cuda.syncthreads()
-                stride //= 2
-            m = smf[0]
-            cuda.syncthreads()
-        mf = F32(m)
-        total = F64(0.0)
-        for s in range(tid, ns, nth):
-            sc = scores[i, s]
-            if sc != -math.inf:
-                e = F32(math.exp(F64(F32(sc - mf))))
-                scores[i, s] = e
-                total += F64(e)
-            else:
-                scores[i, s] = F32(0.0)
-        if nth > 1:
-            smf[tid] = total
-            cuda.syncthreads()
-            stride = nth // 2
-            while stride > 0:
-                if tid < stride:
-                    smf[tid] = smf[tid] + smf[tid + stride]
-                cuda.syncthreads()
-                stride //= 2
-            total = smf[0]
-        cuda.syncthreads()
-        inv = F32(1.0 / total)
-        for j in range(tid, d, nth):
-            acc = F32(0.0)
-            for s in range(ns):
-                e = scores[i, s]
-                if e != 0:
-                    pr = F32(e * inv)
-                    if round_f16:
-                        pr = f16_round(pr)
-                    acc = F32(acc + F32(pr * f16_value(vc[s, kh, j])))
-            out[t, h, j] = acc
-        cuda.syncthreads()
+    for i in range(cuda.blockIdx.x, q.shape[0] * q.shape[1], cuda.gridDim.x):
+        attend(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out, i, smf)
