@@ -7,7 +7,9 @@ fits) run on NVIDIA GPUs, the rest on the CPU; only activations move per token.
 - :mod:`.kernels` (activation quantization, the mat-muls of the first six weight types, norms, RoPE
   NEOX, GELU, attention, argmax), :mod:`.qkernels` (mat-muls of every other weight type),
   :mod:`.ops_kernels` (the llama family's RoPE modes, SwiGLU, residual add, slices and biases),
-  :mod:`.device` (device memory, launches);
+  :mod:`.fused_kernels` (the one-token path's fused norms, activation codes, RoPE + KV writes,
+  gating), :mod:`.device` (device memory, launches), :mod:`.decode` (the one-token programs:
+  buffers and launches set up once per model);
 - the layers on the GPU: :mod:`.gemma3` (Gemma 3) and :mod:`.decoder` (llama, qwen2, qwen3, phi3).
 
 Importing this package does not import CUDA; :mod:`.device` and the kernels import ``numba.cuda``.

@@ -9,7 +9,9 @@ The graph is the CPU one, op for op (see engine/models/_common.py): RMSNorm, q/k
 mode with its frequency factors and attention factor, the query scale and fp16 rounding in the
 architecture's order, GQA attention over the device cache, the output projection (+ optional bias),
 residual adds, SwiGLU (separate or fused gate‖up) and the output norm and matrix.  Kernels:
-:mod:`.kernels` and the element-wise :mod:`.ops_kernels`.
+:mod:`.kernels` and the element-wise :mod:`.ops_kernels`.  One token at a time (decode, no
+observer), it runs as programs built at load time (:mod:`.decode`) with the kernels of
+:mod:`.fused_kernels`, as Gemma 3's (:mod:`.gemma3`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class DecoderGpu:
         self.arenas = list(dict.fromkeys(arenas))
         self.output: tuple[D.DeviceQWeight, Any] | None = None
         self.n_past = 0
+        self.decode: list[dec.Group] = []  # per device: the one-token programs (decode.py)
         try:
             self._upload(model, arenas, output)
         except D.GpuOutOfMemory as err:
@@ -178,6 +181,7 @@ class DecoderGpu:
     def close(self) -> None:
         self.layers.clear()
         self.output = None
+        self.decode = []
 
     # ------------------------------------------------------------------ the graph
 

@@ -4,7 +4,10 @@ cache on the device in fp16.  Per forward only activations move: the hidden stat
 up after the CPU layers (and between GPUs), and the logits (or the hidden state) come back.
 
 The graph is the CPU one, op for op (see engine/models/gemma3.py), with the CUDA kernels of
-:mod:`engine.runtime.cuda.kernels`.
+:mod:`engine.runtime.cuda.kernels`.  One token at a time (decode, no observer), it runs as
+programs built at load time (:mod:`.decode`): preallocated buffers, launches configured once, the
+q/k/v and gate/up weights of one type stacked into one mat-mul, and the kernels of
+:mod:`.fused_kernels` -- 9 launches per layer and no allocation.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Gemma3Gpu:
         self.layers: list[_DeviceLayer] = []
         self.arenas = list(dict.fromkeys(arenas))
         self.n_past = 0
+        self.decode: list[dec.Group] = []  # per device: the one-token programs (decode.py)
         try:
             self._upload(model, first_layer, arenas, output)
         except D.GpuOutOfMemory as err:
@@ -143,6 +147,7 @@ class Gemma3Gpu:
     def close(self) -> None:
         self.layers.clear()
         self.output = None
+        self.decode = []
 
     # ------------------------------------------------------------------ the graph
 
