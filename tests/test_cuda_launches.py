@@ -114,6 +114,7 @@ class Decoded:
     launches: int
     allocations: int
     logits: np.ndarray
+    planned: int  # what the GPU layers' programs say they launch (engine.runtime.cuda.decode)
 
 
 def _decode(path, n_gpu_layers) -> Decoded:
@@ -125,7 +126,12 @@ def _decode(path, n_gpu_layers) -> Decoded:
         tok = np.array([int(logits.argmax())])
         with counting() as counts:
             logits = net.forward(tok, net.n_past, last_only=True)
-    return Decoded(counts["launches"], counts["allocations"], logits)
+        planned = 0
+        if net.gpu is not None:
+            from engine.runtime.cuda.decode import launches_per_token
+
+            planned = launches_per_token(net.gpu.decode)
+    return Decoded(counts["launches"], counts["allocations"], logits, planned)
 
 
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
@@ -138,6 +144,7 @@ def test_a_decoded_token_costs_nine_launches_per_layer_and_no_allocation(launch,
     full = _decode(q8_model, "all")  # both layers and the output layer
     assert (full.launches, full.allocations) == (2 * LAUNCHES_PER_LAYER + LAUNCHES_TO_LOGITS, 0)
     for got in (one, full):
+        assert got.planned == got.launches
         assert got.logits.shape == cpu.logits.shape == (1, 256)
         np.testing.assert_allclose(got.logits, cpu.logits, rtol=0, atol=LOGIT_ATOL)
 

@@ -235,6 +235,16 @@ class Group:
             self.to_hidden.run(pos)
             return self.x.copy_to_host(), False
 
+    def launches(self, want_logits: bool) -> int:
+        """Kernel launches of one token through this device's layers."""
+        tail = self.to_logits if want_logits and self.to_logits is not None else self.to_hidden
+        return len(self.body) + len(tail)
+
+
+def launches_per_token(decode: list[Group], want_logits: bool = True) -> int:
+    """Kernel launches of one decoded token through every device of ``decode``."""
+    return sum(g.launches(want_logits) for g in decode)
+
 
 def forward_one(decode: list[Group], x: np.ndarray, pos: int, want_logits: bool) -> tuple[np.ndarray, bool]:
     """One token through the GPU layers: (logits, True) or (hidden state, False), as ``forward``."""
