@@ -116,7 +116,7 @@ def test_glu_quant_equals_gating_and_quantize(launch, act_type):
         act = D.act_buffers(cuda.device_array, act_type, 1, n, out)
         # up first, gate second in the flat buffer: the offsets are honoured
         flat = cuda.to_device(np.concatenate([gu[n:], gu[:n]]))
-        FK.glu_quant[1, launch.elem_threads](flat, n, 0, kind, out, *_codes_args(act_type, act))
+        FK.glu_quant[2, launch.elem_threads](flat, n, 0, kind, out, *_codes_args(act_type, act))
         for g, wv in zip(_host([out, *act]), want, strict=True):
             np.testing.assert_array_equal(g, wv, err_msg=f"{act_type} gate {kind}")
 

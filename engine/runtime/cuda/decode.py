@@ -190,14 +190,9 @@ def add_glu(prog: Program, gu, g_off: int, u_off: int, gate: int, codes: Codes, 
     """:func:`fused_kernels.glu_quant` (and the quantizations it does not fuse)."""
     lc = prog.arena.launch
     kind = codes.fused(act_types)
-    n = codes.row.shape[1]
-    nb = -(-n // (256 if kind[0] == FK.Q8_K else 32))
-    prog.add(
-        FK.glu_quant,
-        D._blocks(nb, lc.elem_threads, lc),
-        lc.elem_threads,
-        (gu, g_off, u_off, gate, codes.row, *kind),
-    )
+    chunk = FK.glu_chunk(lc.elem_threads, kind[0])
+    grid = D._blocks(codes.row.shape[1], chunk, lc)
+    prog.add(FK.glu_quant, grid, lc.elem_threads, (gu, g_off, u_off, gate, codes.row, *kind))
     codes.add_rest(prog, act_types)
 
 

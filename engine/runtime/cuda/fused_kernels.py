@@ -306,34 +306,50 @@ def ext_qk_rope_kv(
         qpos[0] = pos
 
 
+@cuda.jit(device=True)
+def _glu(gu, g_off, u_off, gate, i):
+    v = gu[g_off + i]
+    up = gu[u_off + i]
+    if gate == SILU:
+        e = F32(math.exp(F64(-v)))
+        return F32(F32(v / F32(F32(1.0) + e)) * up)
+    if gate == GELU:
+        g = _gelu(v)
+    elif v <= F32(-10.0):
+        g = F32(0.0)
+    elif v >= F32(10.0):
+        g = v
+    else:
+        g = f16_round(_gelu(f16_round(v)))
+    return F32(g * up)
+
+
+def glu_chunk(threads: int, kind: int) -> int:
+    """Elements per block of :func:`glu_quant`: whole code blocks, about one per thread."""
+    be = 256 if kind == Q8_K else 32
+    return be * max(1, threads // be)
+
+
 @cuda.jit(cache=True)
 def glu_quant(gu, g_off, u_off, gate, f, kind, q, d, s, bs):
     """f (1, n) = gate(gu[g_off + i]) * gu[u_off + i] from the (flat) gate‖up mat-mul output, with
     ``gate`` SILU (ops_kernels.swiglu), GELU or GELU_F16 (kernels.geglu, plain or through ggml's
-    fp16 table); then its codes (``kind``).  One thread per block of codes (grid-stride)."""
+    fp16 table); then its codes (``kind``).  A block takes chunks of :func:`glu_chunk` elements
+    (grid-stride): its threads gate one element each, then quantize one code block each."""
     n = f.shape[1]
     be = block_elems(kind)
-    start = cuda.grid(1)
-    step = cuda.gridsize(1)
-    for b in range(start, (n + be - 1) // be, step):
-        for i in range(b * be, min(n, b * be + be)):
-            v = gu[g_off + i]
-            up = gu[u_off + i]
-            if gate == SILU:
-                e = F32(math.exp(F64(-v)))
-                y = F32(F32(v / F32(F32(1.0) + e)) * up)
-            else:
-                if gate == GELU:
-                    g = _gelu(v)
-                elif v <= F32(-10.0):
-                    g = F32(0.0)
-                elif v >= F32(10.0):
-                    g = v
-                else:
-                    g = f16_round(_gelu(f16_round(v)))
-                y = F32(g * up)
-            f[0, i] = y
-        code_block(f, 0, b, kind, q, d, s, bs)
+    tid = cuda.threadIdx.x
+    nth = cuda.blockDim.x
+    per = max(1, nth // be)
+    chunk = per * be
+    for c0 in range(cuda.blockIdx.x * chunk, n, cuda.gridDim.x * chunk):
+        for i in range(c0 + tid, min(n, c0 + chunk), nth):
+            f[0, i] = _glu(gu, g_off, u_off, gate, i)
+        cuda.syncthreads()
+        b = c0 // be + tid
+        if tid < per and b * be < n:
+            code_block(f, 0, b, kind, q, d, s, bs)
+        cuda.syncthreads()
 
 
 @cuda.jit(cache=True)
