@@ -32,6 +32,11 @@ def test_bench_quant_json(capsys):
     for r in data["results"]:
         assert r["kvant_1t_mb_s"] > 0 and r["dequant_kvant_nt_melem_s"] > 0
         assert r["bit_exact"] in (None, True)  # None only when llama.cpp is not installed
+        assert r["dequant_kvant_1t_cpu_melem_s"] > 0
+        assert r["dequant_bit_exact"] in (None, True)
+        assert (r["dequant_llamacpp_1t_cpu_melem_s"] is None) == (r["dequant_bit_exact"] is None)
+        if r["dequant_bit_exact"] is not None:
+            assert r["dequant_ratio_1t_vs_llamacpp"] > 0
     q8 = next(r for r in data["results"] if r["type"] == "Q8_0")
     assert q8["gguf_py_mb_s"] > 0 and q8["ratio_vs_gguf_py"] > 0
 

@@ -99,3 +99,22 @@ def test_dequantize_fixture_bytes_matches_gguf(qtype):
         with np.errstate(all="ignore"):
             theirs = gguf_dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(shape).astype(np.float32)
         assert _same_floats(ours, theirs), f"{qtype} {key}"
+
+
+@pytest.mark.parametrize(
+    "qtype", ["F16", "BF16", "Q4_0", "Q8_0", "Q4_K", "Q6_K", "IQ2_XXS", "TQ1_0", "MXFP4"]
+)
+def test_dequantize_matches_llama_cpp_to_float(qtype):
+    """The bench's llama.cpp dequantizer (``to_float`` of ggml's type traits) gives our floats."""
+    pytest.importorskip("llama_cpp")
+    from engine.bench import llamacpp
+
+    lib = llamacpp.load_ggml()
+    meta, outputs = FX.load_fixture(qtype)
+    shape = (meta["rows"], meta["n_per_row"])
+    for key, raw in outputs.items():
+        theirs = llamacpp.dequantize(lib, qtype, raw, shape)
+        assert theirs.shape == shape and theirs.dtype == np.float32
+        assert np.array_equal(Q.dequantize(raw, qtype, shape).view(np.uint32), theirs.view(np.uint32)), key
+    with pytest.raises(ValueError, match="do not hold"):
+        llamacpp.to_float(lib, qtype)(raw[:-1], np.empty(shape, np.float32))

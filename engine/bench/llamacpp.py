@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,24 @@ def available() -> str | None:
     except ImportError:
         return None
     return str(llama_cpp.__version__)
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+class _TypeTraits(ctypes.Structure):
+    """``struct ggml_type_traits`` of ggml.h (llama-cpp-python 0.3.x): name, block size, interleave,
+    type size, is_quantized, ``to_float``, ``from_float_ref``."""
+
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
 
 
 def load_ggml() -> ctypes.CDLL:
@@ -42,6 +61,8 @@ def load_ggml() -> ctypes.CDLL:
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
     lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
     lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     lib.ggml_version.restype = ctypes.c_char_p
     lib.ggml_commit.restype = ctypes.c_char_p
     return lib
@@ -58,6 +79,33 @@ def quantize(lib: ctypes.CDLL, qtype: str, x: np.ndarray, imatrix: np.ndarray | 
     lib.ggml_quantize_chunk(
         tid, x.ctypes.data, out.ctypes.data, 0, rows, n, None if im is None else im.ctypes.data
     )
+    return out
+
+
+def to_float(lib: ctypes.CDLL, qtype: str) -> Callable[[np.ndarray, np.ndarray], None]:
+    """llama.cpp's dequantizer of ``qtype`` (the ``to_float`` of its type traits) as
+    ``fn(raw, out)``: every block of the contiguous bytes ``raw`` into float32 ``out``, one thread."""
+    tid = int(GGMLQuantizationType[qtype])
+    traits = lib.ggml_get_type_traits(tid).contents
+    name = traits.type_name.decode()
+    if name.upper() != qtype or not traits.to_float:
+        raise OSError(f"llama.cpp's type {tid} is {name!r} with to_float {traits.to_float}, expected {qtype}")
+    fn = _TO_FLOAT(traits.to_float)
+
+    def run(raw: np.ndarray, out: np.ndarray) -> None:
+        if not (raw.flags.c_contiguous and out.flags.c_contiguous and out.dtype == np.float32):
+            raise ValueError("to_float needs contiguous bytes and a contiguous float32 output")
+        if raw.nbytes != out.size // traits.blck_size * traits.type_size:
+            raise ValueError(f"{qtype}: {raw.nbytes} bytes do not hold {out.size} elements")
+        fn(raw.ctypes.data, out.ctypes.data, out.size)
+
+    return run
+
+
+def dequantize(lib: ctypes.CDLL, qtype: str, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """llama.cpp's floats for the bytes ``raw`` of type ``qtype`` (one ``to_float`` call, one thread)."""
+    out = np.empty(shape, np.float32)
+    to_float(lib, qtype)(np.ascontiguousarray(raw), out)
     return out
 
 

@@ -30,6 +30,10 @@ class QuantBenchRow:
     # the same 1-thread runs timed by process CPU time (what a busy machine disturbs least)
     kvant_1t_cpu_mb_s: float | None = None
     llamacpp_1t_cpu_mb_s: float | None = None
+    # dequantize at 1 thread each, interleaved, by process CPU time: Kvant and llama.cpp's to_float
+    dequant_kvant_1t_cpu_melem_s: float | None = None
+    dequant_llamacpp_1t_cpu_melem_s: float | None = None
+    dequant_bit_exact: bool | None = None  # llama.cpp's floats, bit for bit, when it ran
 
     @property
     def vs_llamacpp(self) -> float | None:
@@ -42,6 +46,13 @@ class QuantBenchRow:
         if self.llamacpp_1t_cpu_mb_s is None or self.kvant_1t_cpu_mb_s is None:
             return None
         return self.kvant_1t_cpu_mb_s / self.llamacpp_1t_cpu_mb_s
+
+    @property
+    def dequant_vs_llamacpp_1t(self) -> float | None:
+        """Dequantize, 1 thread vs 1 thread, from process CPU time of interleaved runs."""
+        if self.dequant_llamacpp_1t_cpu_melem_s is None or self.dequant_kvant_1t_cpu_melem_s is None:
+            return None
+        return self.dequant_kvant_1t_cpu_melem_s / self.dequant_llamacpp_1t_cpu_melem_s
 
     @property
     def vs_gguf_py(self) -> float | None:
@@ -65,6 +76,7 @@ class QuantBench:
                 "ratio_vs_llamacpp": r.vs_llamacpp,
                 "ratio_1t_vs_llamacpp": r.vs_llamacpp_1t,
                 "ratio_vs_gguf_py": r.vs_gguf_py,
+                "dequant_ratio_1t_vs_llamacpp": r.dequant_vs_llamacpp_1t,
             }
             for r in self.results
         ]
@@ -147,13 +159,32 @@ def bench_quant(
                 c1, c1_cpu = (mb / v for v in timed[1])
             qt = gguf.GGMLQuantizationType[t]
             melem = x.size / 1e6
+            numba.set_num_threads(1)
+            fns = [lambda t=t, ours=ours: Q.dequantize(ours, t, x.shape)]
+            if lib is not None:
+                fns.append(lambda t=t, ours=ours: llamacpp.dequantize(lib, t, ours, x.shape))
+            dtimed = _best_interleaved(fns, repeat)  # ours and llama.cpp's to_float, 1 thread each
+            numba.set_num_threads(threads)
             dn = melem / _best(lambda t=t, ours=ours: Q.dequantize(ours, t, x.shape), repeat)
             try:
                 dg = melem / _best(lambda qt=qt, ours=ours: gguf.quants.dequantize(ours, qt), 1)
             except NotImplementedError:
                 dg = None
+            d1_cpu = melem / dtimed[0][1]
+            dl_cpu = dexact = None
+            if lib is not None:
+                dl_cpu = melem / dtimed[1][1]
+                floats = Q.dequantize(ours, t, x.shape).view(np.uint32)
+                dexact = bool(
+                    np.array_equal(floats, llamacpp.dequantize(lib, t, ours, x.shape).view(np.uint32))
+                )
             result.results.append(
-                QuantBenchRow(t, with_im, mb / t1, mb / tn, gp, c1, exact, dn, dg, mb / t1_cpu, c1_cpu)
+                QuantBenchRow(
+                    *(t, with_im, mb / t1, mb / tn, gp, c1, exact, dn, dg, mb / t1_cpu, c1_cpu),
+                    dequant_kvant_1t_cpu_melem_s=d1_cpu,
+                    dequant_llamacpp_1t_cpu_melem_s=dl_cpu,
+                    dequant_bit_exact=dexact,
+                )
             )
     yield Progress("bench quant", len(types), len(types), "done")
     return result

@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
             f"llama.cpp {res.llamacpp_version or 'not installed'} (1 thread, as llama-quantize per call)",
             "",
             "| type | imatrix | Kvant 1 thr | Kvant all | gguf-py | llama.cpp | vs llama.cpp | vs gguf-py "
-            "| bit-exact | dequant Kvant | dequant gguf-py |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| bit-exact | dequant Kvant | dequant gguf-py | dequant Kvant 1 thr CPU "
+            "| dequant llama.cpp 1 thr CPU | dequant vs llama.cpp | dequant bit-exact |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res.results:
             lines.append(
@@ -58,9 +59,16 @@ def run(args: argparse.Namespace) -> int:
                 f"| {r.kvant_1t_mb_s:.1f} | {r.kvant_nt_mb_s:.1f} "
                 f"| {_f(r.gguf_py_mb_s)} | {_f(r.llamacpp_1t_mb_s)} | {_f(r.vs_llamacpp, '{:.2f}×')} "
                 f"| {_f(r.vs_gguf_py, '{:.1f}×')} | {'—' if r.bit_exact is None else r.bit_exact} "
-                f"| {r.dequant_kvant_nt_melem_s:.0f} | {_f(r.dequant_gguf_py_melem_s, '{:.0f}')} |"
+                f"| {r.dequant_kvant_nt_melem_s:.0f} | {_f(r.dequant_gguf_py_melem_s, '{:.0f}')} "
+                f"| {_f(r.dequant_kvant_1t_cpu_melem_s, '{:.0f}')} "
+                f"| {_f(r.dequant_llamacpp_1t_cpu_melem_s, '{:.0f}')} "
+                f"| {_f(r.dequant_vs_llamacpp_1t, '{:.2f}×')} "
+                f"| {'—' if r.dequant_bit_exact is None else r.dequant_bit_exact} |"
             )
-        lines.append("\nQuantize in MB/s of float32 input; dequantize in M elements/s.")
+        lines.append(
+            "\nQuantize in MB/s of float32 input; dequantize in M elements/s. 1-thread CPU columns: process "
+            "CPU time, Kvant and llama.cpp (to_float) interleaved."
+        )
         emit(args, res.to_dict(), "\n".join(lines))
         return 0
 
