@@ -249,6 +249,20 @@ def load_qweight(model: GGUFModel, name: str, widen: bool) -> QWeight:
     return w
 
 
+def offload_wanted(n_layer: int, n_gpu_layers: int, n_arenas: int, output: bool, offloaded: bool) -> bool:
+    """Check a request to move the last ``n_gpu_layers`` layers to GPUs (one arena each; the output
+    layer only with every layer); False when there is nothing to move."""
+    if not 0 <= n_gpu_layers <= n_layer or n_arenas != n_gpu_layers:
+        raise ModelError(f"cannot offload {n_gpu_layers} of {n_layer} layers on {n_arenas} devices")
+    if output and n_gpu_layers < n_layer:
+        raise ModelError("the output layer goes to a GPU only with every layer")
+    if offloaded or n_gpu_layers == 0:
+        if n_gpu_layers or offloaded:
+            raise ModelError("this model is already offloaded")
+        return False
+    return True
+
+
 class Weights:
     """Typed access to a GGUF file's tensors with :class:`ModelError` for missing or misshapen ones."""
 
@@ -470,13 +484,7 @@ class Decoder:
         from engine.runtime.cuda.decoder import DecoderGpu
 
         p = self.params
-        if not 0 <= n_gpu_layers <= p.n_layer or len(arenas) != n_gpu_layers:
-            raise ModelError(f"cannot offload {n_gpu_layers} of {p.n_layer} layers on {len(arenas)} devices")
-        if output and n_gpu_layers < p.n_layer:
-            raise ModelError("the output layer goes to a GPU only with every layer")
-        if self.gpu is not None or n_gpu_layers == 0:
-            if n_gpu_layers or self.gpu is not None:
-                raise ModelError("this model is already offloaded")
+        if not offload_wanted(p.n_layer, n_gpu_layers, len(arenas), output, self.gpu is not None):
             return
         with self._lock:
             first = p.n_layer - n_gpu_layers

@@ -30,7 +30,14 @@ import numpy as np
 
 from engine.errors import ModelError
 from engine.gguf import GGUFModel
-from engine.models._common import check_span, checked_tokens, in_micro_batches, load_qweight, widen_q5_0_in
+from engine.models._common import (
+    check_span,
+    checked_tokens,
+    in_micro_batches,
+    load_qweight,
+    offload_wanted,
+    widen_q5_0_in,
+)
 from engine.runtime.kernels import (
     QWeight,
     attention,
@@ -253,13 +260,7 @@ class Gemma3:
         from engine.runtime.cuda.gemma3 import Gemma3Gpu
 
         p = self.params
-        if not 0 <= n_gpu_layers <= p.n_layer or len(arenas) != n_gpu_layers:
-            raise ModelError(f"cannot offload {n_gpu_layers} of {p.n_layer} layers on {len(arenas)} devices")
-        if output and n_gpu_layers < p.n_layer:
-            raise ModelError("the output layer goes to a GPU only with every layer")
-        if self.gpu is not None or n_gpu_layers == 0:
-            if n_gpu_layers or self.gpu is not None:
-                raise ModelError("this model is already offloaded")
+        if not offload_wanted(p.n_layer, n_gpu_layers, len(arenas), output, self.gpu is not None):
             return
         with self._lock:
             first = p.n_layer - n_gpu_layers
