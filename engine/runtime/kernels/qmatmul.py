@@ -470,7 +470,11 @@ _MORE = {
 # ============================================================================ integer mat-vec
 
 
-_ROW_CHUNK = 256
+_ROW_CHUNK = 256  # rows per thread task of the one-token float-lane kernels
+# With many tokens a row is a lot of work: small tasks keep both threads busy on the 256- and
+# 640-row matrices (one or three 256-row tasks left a thread idle: k, v and o in prefill).
+_FINE_CHUNK_TOKENS = 8
+_FINE_CHUNK = 16
 
 
 @njit(**KERNEL, parallel=True)
@@ -481,10 +485,11 @@ def _mv_q8_0(qs, d, xs, out):
     rows = qs.shape[0]
     nb = d.shape[1]
     n = xs.shape[0]
-    nch = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
+    ch = _ROW_CHUNK if n < _FINE_CHUNK_TOKENS else _FINE_CHUNK
+    nch = (rows + ch - 1) // ch
     for c in prange(nch):
         acc = np.empty(32, np.float32)
-        for r in range(c * _ROW_CHUNK, min(rows, c * _ROW_CHUNK + _ROW_CHUNK)):
+        for r in range(c * ch, min(rows, c * ch + ch)):
             for t in range(n):
                 for j in range(32):
                     acc[j] = 0.0
@@ -505,10 +510,11 @@ def _mv_q5_0(qs, qh, d, xs, out):
     rows = qs.shape[0]
     nb = d.shape[1]
     n = xs.shape[0]
-    nch = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
+    ch = _ROW_CHUNK if n < _FINE_CHUNK_TOKENS else _FINE_CHUNK
+    nch = (rows + ch - 1) // ch
     for c in prange(nch):
         acc = np.empty(16, np.float32)
-        for r in range(c * _ROW_CHUNK, min(rows, c * _ROW_CHUNK + _ROW_CHUNK)):
+        for r in range(c * ch, min(rows, c * ch + ch)):
             for t in range(n):
                 for j in range(16):
                     acc[j] = 0.0
