@@ -162,14 +162,15 @@ def test_the_counter_sees_launches_and_allocations(launch):
 
 
 def _gemma_ring(path):
-    """Gemma 3 with a 3-token sliding window in a ring of 4 slots (micro-batches of 2)."""
+    """Gemma 3 with a 3-token sliding window in a ring of 4 slots (micro-batches of 2), and
+    soft-capped logits."""
     from engine.gguf import open_gguf
     from engine.models.gemma3 import Gemma3
     from engine.runtime.kv_cache import KVCache
 
     g = open_gguf(path)
     net = Gemma3.from_gguf(g, n_ctx=N_CTX)
-    net.params = dataclasses.replace(net.params, sliding_window=3)
+    net.params = dataclasses.replace(net.params, sliding_window=3, final_softcap=2.0)  # logits ~ +-2
     p = net.params
     windows = [p.window(i) for i in range(p.n_layer)]
     net.cache = KVCache(N_CTX, p.n_head_kv, p.head_dim, windows, 2, k_transposed=True)  # as the model's
@@ -187,12 +188,17 @@ def test_decode_through_a_sliding_window_ring_on_two_devices(launch, q8_models):
         fast, general = (net for _, net in nets)
         for net in (fast, general):
             net.offload(2, [DeviceArena(0, None, True, None), DeviceArena(0, None, True, None)], output=True)
-        assert len(fast.gpu.decode) == 2 and all(len(d.body) > 0 for d in fast.gpu.decode)
+        # a layer each; the first hands its hidden state on, the second adds the soft-capped logits
+        assert [g.launches(True) for g in fast.gpu.decode] == [
+            LAUNCHES_PER_LAYER + LAUNCHES_TO_HIDDEN,
+            LAUNCHES_PER_LAYER + LAUNCHES_TO_LOGITS + 1,
+        ]
         general.observer = lambda name, x: None
         steps = [(PROMPT, 0), *((np.array([t]), p) for p, t in enumerate([5, 250, 9], start=3))]
         for tokens, pos in [*steps, (np.array([11]), 4)]:  # positions 4, 5 wrap; then a rewind
             want = general.forward(tokens, pos, last_only=True)
             np.testing.assert_array_equal(fast.forward(tokens, pos, last_only=True), want)
+            assert 1.0 < np.abs(want).max() < 2.0
     finally:
         for g, _ in nets:
             g.close()
