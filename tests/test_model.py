@@ -163,3 +163,27 @@ def test_cli_chat_records_planner_calibration(default_model, capsys, tmp_path, m
     (rec,) = store.load()
     assert rec.measured_tok_s == pytest.approx(data["decode_tok_s"]) and rec.n_ctx == 256
     assert rec.predicted_tok_s > 0 and rec.quant == "Q4_K_M"
+
+
+def test_generation_runs_with_the_models_threads_on_any_thread(model, monkeypatch):
+    """Numba's thread count is per calling thread: a chat consumed on a worker thread (the app's) must
+    still use the model's count, not Numba's default for new threads."""
+    import threading
+
+    import numba
+
+    from engine.runtime.model import default_threads
+
+    assert 1 <= default_threads() <= numba.config.NUMBA_NUM_THREADS
+    monkeypatch.setattr(model, "threads", 1)
+    seen = []
+
+    def consume():
+        for _ in model.generate(model.tokenize("Hello"), max_tokens=2, temperature=0.0):
+            seen.append(numba.get_num_threads())
+
+    t = threading.Thread(target=consume)
+    t.start()
+    t.join(120)
+    assert seen and set(seen) == {1}
+    model.reset()

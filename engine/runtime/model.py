@@ -36,6 +36,7 @@ class Model:
         template: ChatTemplate,
         load_seconds: float,
         offload: Any = None,
+        threads: int | None = None,
     ) -> None:
         self.path = path
         self._gguf = gguf
@@ -47,6 +48,8 @@ class Model:
         self._cached: list[int] = []  # the tokens in the KV cache, in order
         # engine.runtime.cuda.OffloadInfo: GPU layers, devices, or why offload is unavailable
         self.offload = offload
+        # CPU threads of the kernels; Numba's setting is per calling thread, so every call sets it
+        self.threads = threads or default_threads()
 
     # --- text ------------------------------------------------------------------------------
     @property
@@ -73,6 +76,7 @@ class Model:
             raise ModelError(f"{len(ids)} tokens do not fit in the context window of {self.n_ctx}")
         self._cached.clear()
         self.net.reset()
+        self._use_threads()
         return self.net.forward(np.asarray(ids, np.int32), 0)
 
     def reset(self) -> None:
@@ -90,15 +94,17 @@ class Model:
     ) -> Iterator[GenerationEvent]:
         """Stream a continuation of ``prompt_ids``; keyword arguments override ``params``' fields."""
         params = _params(params, sampling)
-        return generate(
-            self.net,
-            self.tokenizer,
-            prompt_ids,
-            params,
-            eog_ids=self.tokenizer.eog_ids,
-            stop_strings=(),
-            cached_ids=self._cached,
-            cancel=cancel,
+        return self._threaded(
+            generate(
+                self.net,
+                self.tokenizer,
+                prompt_ids,
+                params,
+                eog_ids=self.tokenizer.eog_ids,
+                stop_strings=(),
+                cached_ids=self._cached,
+                cancel=cancel,
+            )
         )
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -115,16 +121,28 @@ class Model:
     ) -> Iterator[GenerationEvent]:
         """Answer the last user message of a conversation, streaming; stops at end of turn."""
         params = _params(params, sampling)
-        return generate(
-            self.net,
-            self.tokenizer,
-            self.chat_prompt(messages),
-            params,
-            eog_ids=self.tokenizer.eog_ids,
-            stop_strings=self.template.stop_strings,
-            cached_ids=self._cached,
-            cancel=cancel,
+        return self._threaded(
+            generate(
+                self.net,
+                self.tokenizer,
+                self.chat_prompt(messages),
+                params,
+                eog_ids=self.tokenizer.eog_ids,
+                stop_strings=self.template.stop_strings,
+                cached_ids=self._cached,
+                cancel=cancel,
+            )
         )
+
+    def _use_threads(self) -> None:
+        import numba
+
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+
+    def _threaded(self, events: Iterator[GenerationEvent]) -> Iterator[GenerationEvent]:
+        """``events``, run with this model's thread count on whichever thread consumes them."""
+        self._use_threads()
+        yield from events
 
     def close(self) -> None:
         gpu = getattr(self.net, "gpu", None)
@@ -137,6 +155,21 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def default_threads() -> int:
+    """Threads for the CPU kernels: the physical cores (as llama.cpp chooses; decode is bound by memory
+    bandwidth, and SMT siblings spinning at OpenMP barriers only take the CPU from the app), at most
+    Numba's pool (``NUMBA_NUM_THREADS``, which also lets a user choose)."""
+    import os
+
+    import numba
+    import psutil
+
+    if os.environ.get("NUMBA_NUM_THREADS"):
+        return numba.config.NUMBA_NUM_THREADS
+    physical = psutil.cpu_count(logical=False) or numba.config.NUMBA_NUM_THREADS
+    return max(1, min(physical, numba.config.NUMBA_NUM_THREADS))
 
 
 def _params(params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:
@@ -180,12 +213,12 @@ def open_model(
     from engine.runtime.cuda.offload import OffloadInfo, offload_model, parse_gpu_layers
 
     requested = parse_gpu_layers(n_gpu_layers)
-    if threads is not None:
-        if threads < 1:
-            raise ModelError(f"threads must be at least 1, not {threads}")
-        import numba
+    if threads is not None and threads < 1:
+        raise ModelError(f"threads must be at least 1, not {threads}")
+    threads = threads or default_threads()
+    import numba
 
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
     steps = ["reading the header", "tokenizer", "weights and kernels", "ready"]
     if requested != 0:
@@ -215,4 +248,4 @@ def open_model(
     except BaseException:
         gguf.close()
         raise
-    return Model(path, gguf, net, tokenizer, template, time.perf_counter() - t0, offload)
+    return Model(path, gguf, net, tokenizer, template, time.perf_counter() - t0, offload, threads)
