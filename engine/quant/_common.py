@@ -296,3 +296,9 @@ def imatrix_arg(imatrix: np.ndarray | None) -> tuple[np.ndarray, bool]:
     if imatrix is None:
         return np.empty(0, dtype=np.float32), False
     return imatrix, True
+
+
+# ----------------------------------------------------------------------------- dequantize
+
+# Elements per chunk of blocks that a dequantizer's ``prange`` hands to one plain function call.
+DEQUANT_CHUNK = 1 << 15
