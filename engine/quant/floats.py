@@ -7,10 +7,11 @@ overflow to infinity, NaN -> sign|0x7E00); BF16 is ``ggml_fp32_to_bf16_row_ref``
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from engine.quant._common import KERNEL, f16_bits_to_f32, f32_to_f16_bits, np_f32_to_f16_bits
+from engine.quant._common import DEQUANT_CHUNK, KERNEL, f32_to_f16_bits, np_f32_to_f16_bits
 from engine.quant.format import QuantFormat
 
 # ============================================================================ Numba kernels
@@ -46,23 +47,45 @@ def _bf16_rows(u, out):
         _bf16_row(u[r], out[r])
 
 
-@njit(**KERNEL, parallel=True)
-def _f16_dequant(blocks):
-    n = blocks.shape[0]
-    y = np.empty((n, 1), dtype=np.float32)
-    for i in prange(n):
-        y[i, 0] = f16_bits_to_f32(np.int64(blocks[i, 0]) | (np.int64(blocks[i, 1]) << 8))
-    return y
+_TWO_M14 = np.float32(2.0**-14)
+
+
+@njit(**KERNEL)
+def _f16_to_f32_row(b, y, n):
+    """``y`` (n,) uint32: the float32 bits of the n fp16 values ``b`` (uint16), exactly
+    :func:`f16_bits_to_f32` (NaN payloads kept), written without branches so that it vectorizes:
+    normal numbers rebias the exponent, inf/NaN keep an all-ones exponent, subnormals and zero are
+    ``(2**-14 + m * 2**-24) - 2**-14``, exact.  ``n`` arrives at run time (see legacy.py)."""
+    for j in range(n):
+        h = np.uint32(b[j])
+        u = (h & np.uint32(0x7FFF)) << np.uint32(13)
+        e = h & np.uint32(0x7C00)
+        sub = np.float32(np.uint32(u + np.uint32(0x38800000)).view(np.float32) - _TWO_M14)
+        r = u + np.uint32(0x38000000)
+        r = u + np.uint32(0x70000000) if e == np.uint32(0x7C00) else r
+        r = sub.view(np.uint32) if e == np.uint32(0) else r
+        y[j] = r | ((h & np.uint32(0x8000)) << np.uint32(16))
+
+
+@njit(**KERNEL)
+def _bf16_to_f32_row(b, y, n):
+    """``y`` (n,) uint32: the float32 bits of the n bf16 values ``b`` (uint16)."""
+    for j in range(n):
+        y[j] = np.uint32(b[j]) << np.uint32(16)
 
 
 @njit(**KERNEL, parallel=True)
-def _bf16_dequant(blocks):
-    n = blocks.shape[0]
-    y = np.empty((n, 1), dtype=np.float32)
-    for i in prange(n):
-        bits = (np.int64(blocks[i, 0]) << 16) | (np.int64(blocks[i, 1]) << 24)
-        y[i, 0] = np.uint32(bits).view(np.float32)
-    return y
+def _half_dequant(b, y, bf16):
+    """``y`` (n,) uint32: float32 bits of the fp16 (or ``bf16``) values ``b`` (n,) uint16,
+    in chunks spread over threads, each through a plain function (that vectorizes)."""
+    n = y.shape[0]
+    for c in prange((n + DEQUANT_CHUNK - 1) // DEQUANT_CHUNK):
+        lo = c * DEQUANT_CHUNK
+        hi = min(n, lo + DEQUANT_CHUNK)
+        if bf16:
+            _bf16_to_f32_row(b[lo:hi], y[lo:hi], hi - lo)
+        else:
+            _f16_to_f32_row(b[lo:hi], y[lo:hi], hi - lo)
 
 
 # ============================================================================ wrappers
@@ -88,12 +111,24 @@ def _quantize_bf16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return out.view(np.uint8)
 
 
+def _dequantize_half(blocks: np.ndarray, bf16: bool) -> np.ndarray:
+    n = blocks.shape[0]
+    y = np.empty(n, dtype=np.uint32)
+    # little-endian uint16 (a view, aligned or not: Numba compiles unaligned arrays as well)
+    u = np.ascontiguousarray(blocks).reshape(-1).view("<u2")
+    if n <= DEQUANT_CHUNK or numba.get_num_threads() == 1:  # no thread pool to wake: a plain call
+        (_bf16_to_f32_row if bf16 else _f16_to_f32_row)(u, y, n)
+    else:
+        _half_dequant(u, y, bf16)
+    return y.view(np.float32).reshape(-1, 1)
+
+
 def _dequantize_f16(blocks: np.ndarray) -> np.ndarray:
-    return _f16_dequant(np.ascontiguousarray(blocks))
+    return _dequantize_half(blocks, False)
 
 
 def _dequantize_bf16(blocks: np.ndarray) -> np.ndarray:
-    return _bf16_dequant(np.ascontiguousarray(blocks))
+    return _dequantize_half(blocks, True)
 
 
 FORMATS: dict[str, QuantFormat] = {
