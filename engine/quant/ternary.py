@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from engine.quant._common import (
+    DEQUANT_CHUNK,
     KERNEL,
     QK_K,
     f16_bits_to_f32,
@@ -108,42 +109,77 @@ def _tq1_digit(byte, k):
     return (q * 3) >> 8
 
 
-@njit(**KERNEL, parallel=True)
-def _tq1_dequant(blocks):
-    nb = blocks.shape[0]
-    y = np.empty((nb, QK_K), dtype=np.float32)
-    for i in prange(nb):
-        b = blocks[i]
-        d = f16_bits_to_f32(get_u16(b, 52))
-        e = 0
-        for k in range(5):
-            for m in range(32):
-                y[i, e] = np.float32(d * np.float32(_tq1_digit(np.int64(b[m]), k) - 1))
-                e += 1
-        for k in range(5):
-            for m in range(16):
-                y[i, e] = np.float32(d * np.float32(_tq1_digit(np.int64(b[32 + m]), k) - 1))
-                e += 1
-        for k in range(4):
+@njit(**KERNEL)
+def _tq1_value(q, pw):
+    """The trit of byte ``q`` (int32) at power ``pw`` of 3, minus 1, as C's TQ1_0 dequantizer."""
+    return ((((q * pw) & 0xFF) * 3) >> 8) - 1
+
+
+# Dequantizers of chunks of blocks: ``b`` the flat bytes of whole blocks, ``y`` the flat float32
+# output.  The element loops run over views indexed from 0 with their length ``n`` (32) passed in
+# at run time: with a constant trip count LLVM unrolls them before vectorizing, and the unrolled
+# lanes do not vectorize (Numba arrays may alias).
+
+
+@njit(**KERNEL)
+def _tq1_blocks(b, y, n):
+    h = n // 2
+    for i in range(b.shape[0] // TQ1_SIZE):
+        q = b[TQ1_SIZE * i : TQ1_SIZE * (i + 1)]
+        yb = y[QK_K * i : QK_K * (i + 1)]
+        d = f16_bits_to_f32(get_u16(q, 52))
+        for m in range(n):  # bytes 0..31: five trits each, elements 32k + m
+            v = np.int32(q[m])
+            yb[m] = np.float32(d * np.float32(_tq1_value(v, 1)))
+            yb[32 + m] = np.float32(d * np.float32(_tq1_value(v, 3)))
+            yb[64 + m] = np.float32(d * np.float32(_tq1_value(v, 9)))
+            yb[96 + m] = np.float32(d * np.float32(_tq1_value(v, 27)))
+            yb[128 + m] = np.float32(d * np.float32(_tq1_value(v, 81)))
+        q16 = q[32:48]
+        y16 = yb[160:240]
+        for m in range(h):  # bytes 32..47: elements 160 + 16k + m
+            v = np.int32(q16[m])
+            y16[m] = np.float32(d * np.float32(_tq1_value(v, 1)))
+            y16[16 + m] = np.float32(d * np.float32(_tq1_value(v, 3)))
+            y16[32 + m] = np.float32(d * np.float32(_tq1_value(v, 9)))
+            y16[48 + m] = np.float32(d * np.float32(_tq1_value(v, 27)))
+            y16[64 + m] = np.float32(d * np.float32(_tq1_value(v, 81)))
+        for k in range(4):  # bytes 48..51: elements 240 + 4k + j
+            pw = np.int32(3**k)
             for j in range(4):
-                y[i, e] = np.float32(d * np.float32(_tq1_digit(np.int64(b[48 + j]), k) - 1))
-                e += 1
-    return y
+                yb[240 + 4 * k + j] = np.float32(d * np.float32(_tq1_value(np.int32(q[48 + j]), pw)))
+
+
+@njit(**KERNEL)
+def _tq2_blocks(b, y, n):
+    for i in range(b.shape[0] // TQ2_SIZE):
+        q = b[TQ2_SIZE * i : TQ2_SIZE * (i + 1)]
+        d = f16_bits_to_f32(get_u16(q, 64))
+        for j in range(2):  # 32 bytes give elements 128j + 32k + m, k = 0..3 (2 bits each)
+            qj = q[32 * j : 32 * j + 32]
+            yj = y[QK_K * i + 128 * j : QK_K * i + 128 * j + 128]
+            for m in range(n):
+                v = np.int32(qj[m])
+                yj[m] = np.float32(d * np.float32((v & 3) - 1))
+                yj[32 + m] = np.float32(d * np.float32(((v >> 2) & 3) - 1))
+                yj[64 + m] = np.float32(d * np.float32(((v >> 4) & 3) - 1))
+                yj[96 + m] = np.float32(d * np.float32(((v >> 6) & 3) - 1))
 
 
 @njit(**KERNEL, parallel=True)
-def _tq2_dequant(blocks):
-    nb = blocks.shape[0]
-    y = np.empty((nb, QK_K), dtype=np.float32)
-    for i in prange(nb):
-        b = blocks[i]
-        d = f16_bits_to_f32(get_u16(b, 64))
-        for j in range(2):
-            for k in range(4):
-                for m in range(32):
-                    q = (np.int64(b[32 * j + m]) >> (2 * k)) & 3
-                    y[i, 128 * j + 32 * k + m] = np.float32(d * np.float32(q - 1))
-    return y
+def _dequant(b, y, tq2, n):
+    """TQ1_0 (or ``tq2``: TQ2_0) in chunks of blocks spread over threads, each through a plain
+    function (inside a ``prange`` body the element loops do not vectorize); ``n`` = 32."""
+    ts = TQ2_SIZE if tq2 else TQ1_SIZE
+    nb = b.shape[0] // ts
+    cb = DEQUANT_CHUNK // QK_K
+    for c in prange((nb + cb - 1) // cb):
+        lo = c * cb
+        hi = min(nb, lo + cb)
+        if tq2:
+            _tq2_blocks(b[lo * ts : hi * ts], y[lo * QK_K : hi * QK_K], n)
+        else:
+            _tq1_blocks(b[lo * ts : hi * ts], y[lo * QK_K : hi * QK_K], n)
 
 
 # ============================================================================ wrappers
@@ -161,13 +197,15 @@ def _quantize_tq2(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return out
 
 
+def _dequantize(blocks: np.ndarray, tq2: bool) -> np.ndarray:
+    y = np.empty((blocks.shape[0], QK_K), dtype=np.float32)
+    _dequant(np.ascontiguousarray(blocks).reshape(-1), y.reshape(-1), tq2, 32)
+    return y
+
+
 FORMATS: dict[str, QuantFormat] = {
-    "TQ1_0": QuantFormat(
-        "TQ1_0", 34, QK_K, TQ1_SIZE, lambda b: _tq1_dequant(np.ascontiguousarray(b)), _quantize_tq1
-    ),
-    "TQ2_0": QuantFormat(
-        "TQ2_0", 35, QK_K, TQ2_SIZE, lambda b: _tq2_dequant(np.ascontiguousarray(b)), _quantize_tq2
-    ),
+    "TQ1_0": QuantFormat("TQ1_0", 34, QK_K, TQ1_SIZE, lambda b: _dequantize(b, False), _quantize_tq1),
+    "TQ2_0": QuantFormat("TQ2_0", 35, QK_K, TQ2_SIZE, lambda b: _dequantize(b, True), _quantize_tq2),
 }
 
 
