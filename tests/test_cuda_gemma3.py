@@ -83,7 +83,8 @@ def _direct(tiny, window: int, max_batch: int):
     net = Gemma3.from_gguf(g, n_ctx=16)
     net.params = dataclasses.replace(net.params, sliding_window=window)
     p = net.params
-    net.cache = KVCache(16, p.n_head_kv, p.head_dim, [p.window(i) for i in range(p.n_layer)], max_batch)
+    windows = [p.window(i) for i in range(p.n_layer)]
+    net.cache = KVCache(16, p.n_head_kv, p.head_dim, windows, max_batch, k_transposed=True)
     assert isinstance(p, Gemma3Params) and all(p.is_swa(i) for i in range(p.n_layer))
     return g, net
 

@@ -478,6 +478,8 @@ class _Decode:
         self.emb_scale = f32(math.sqrt(p.n_embd))
         self.gelu = m.gelu_table()
         no_kt = np.zeros((1, 1, 1), f32)
+        if cache.kt is None and m.layers:  # attend_one reads the transposed keys
+            raise ModelError("Gemma 3's one-token path needs a KV cache that keeps transposed keys")
         self.layers = []
         for il, L in enumerate(m.layers):
             ld = _DecodeLayer()
@@ -493,7 +495,7 @@ class _Decode:
             ld.wo = fused.matvec_call(L.wo, self.attn_buf, self.o_out)
             ld.down = fused.matvec_call(L.w_down, self.ff_buf, self.o_out)
             base, fscale = p.rope(il)
-            kt = cache.kt[il] if cache.kt is not None else no_kt
+            kt = cache.kt[il]
             ld.rope_args = (
                 self.q_out[0],
                 self.k_out[0],
@@ -518,7 +520,7 @@ class _Decode:
                 cache.k[il],
                 cache.v[il],
                 kt,
-                cache.kt is not None,
+                True,
             )
             ld.kt, ld.vc, ld.slot_pos = kt, cache.v[il], cache.slot_pos[il]
             ld.window = p.window(il)
