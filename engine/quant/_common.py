@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -302,3 +303,10 @@ def imatrix_arg(imatrix: np.ndarray | None) -> tuple[np.ndarray, bool]:
 
 # Elements per chunk of blocks that a dequantizer's ``prange`` hands to one plain function call.
 DEQUANT_CHUNK = 1 << 15
+
+
+def dequant_in_parallel(n_elems: int) -> bool:
+    """Whether a dequantizer of ``n_elems`` outputs should go through its ``prange`` driver: only for
+    more than one chunk and more than one Numba thread (otherwise its plain function, called
+    directly, skips the thread pool)."""
+    return n_elems > DEQUANT_CHUNK and numba.get_num_threads() > 1

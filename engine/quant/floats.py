@@ -7,11 +7,16 @@ overflow to infinity, NaN -> sign|0x7E00); BF16 is ``ggml_fp32_to_bf16_row_ref``
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from engine.quant._common import DEQUANT_CHUNK, KERNEL, f32_to_f16_bits, np_f32_to_f16_bits
+from engine.quant._common import (
+    DEQUANT_CHUNK,
+    KERNEL,
+    dequant_in_parallel,
+    f32_to_f16_bits,
+    np_f32_to_f16_bits,
+)
 from engine.quant.format import QuantFormat
 
 # ============================================================================ Numba kernels
@@ -116,10 +121,10 @@ def _dequantize_half(blocks: np.ndarray, bf16: bool) -> np.ndarray:
     y = np.empty(n, dtype=np.uint32)
     # little-endian uint16 (a view, aligned or not: Numba compiles unaligned arrays as well)
     u = np.ascontiguousarray(blocks).reshape(-1).view("<u2")
-    if n <= DEQUANT_CHUNK or numba.get_num_threads() == 1:  # no thread pool to wake: a plain call
-        (_bf16_to_f32_row if bf16 else _f16_to_f32_row)(u, y, n)
-    else:
+    if dequant_in_parallel(n):
         _half_dequant(u, y, bf16)
+    else:
+        (_bf16_to_f32_row if bf16 else _f16_to_f32_row)(u, y, n)
     return y.view(np.float32).reshape(-1, 1)
 
 

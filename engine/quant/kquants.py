@@ -21,7 +21,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from engine.quant._common import DEQUANT_CHUNK
+from engine.quant._common import DEQUANT_CHUNK, dequant_in_parallel
 from engine.quant._simd import requant
 from engine.quant.format import QuantFormat
 from engine.quant.kquants_search import (
@@ -649,6 +649,16 @@ def _dequant_q6k(b, y, n):
                 y4[l] = (a4 if first else b4) * F32(np.int32((ql1[l] >> 4) | (((hb >> 6) & 3) << 4)) - 32)
 
 
+@njit(**_JIT)
+def _dequant_plain(kind, b, y, n):
+    if kind == Q6_K:
+        _dequant_q6k(b, y, n)
+    elif kind == Q5_K:
+        _dequant_q5k(b, y, n)
+    else:
+        _dequant_q4k(b, y, n)
+
+
 @njit(parallel=True, **_JIT)
 def _dequant_chunks(kind, b, y, n):
     """Q4_K, Q5_K, Q6_K: chunks of blocks spread over threads, each through a plain function;
@@ -659,14 +669,7 @@ def _dequant_chunks(kind, b, y, n):
     for c in prange((nb + cb - 1) // cb):
         lo = c * cb
         hi = min(nb, lo + cb)
-        bc = b[lo * ts : hi * ts]
-        yc = y[lo * QK_K : hi * QK_K]
-        if kind == Q6_K:
-            _dequant_q6k(bc, yc, n)
-        elif kind == Q5_K:
-            _dequant_q5k(bc, yc, n)
-        else:
-            _dequant_q4k(bc, yc, n)
+        _dequant_plain(kind, b[lo * ts : hi * ts], y[lo * QK_K : hi * QK_K], n)
 
 
 @njit(inline="always", **_JIT)
@@ -702,7 +705,8 @@ def _dequantize(kind: int, blocks: np.ndarray) -> np.ndarray:
     if not blocks.shape[0]:
         return out
     if kind in (Q4_K, Q5_K, Q6_K):
-        _dequant_chunks(kind, blocks.reshape(-1), out.reshape(-1), 32)
+        run = _dequant_chunks if dequant_in_parallel(out.size) else _dequant_plain
+        run(kind, blocks.reshape(-1), out.reshape(-1), 32)
     else:
         _dequantize_blocks(kind, blocks, out)
     return out

@@ -20,6 +20,7 @@ from engine.quant._common import (
     DEQUANT_CHUNK,
     INLINE,
     KERNEL,
+    dequant_in_parallel,
     f16_bits_to_f32,
     f32_to_f16_bits,
     get_u16,
@@ -460,22 +461,25 @@ def _dequant_q5(blocks, with_min):
     return y
 
 
+@njit(**KERNEL)
+def _dequant_plain(b, y, kind, qk):
+    if kind == 4:
+        _dequant_q8_0(b, y, qk)
+    else:
+        _dequant_q4(b, y, qk, kind == 1)
+
+
 @njit(**KERNEL, parallel=True)
 def _dequant_legacy(b, y, kind, ts, qk):
-    """kind: 0 Q4_0, 1 Q4_1, 4 Q8_0.  ``b``: flat bytes of whole blocks of ``ts``
-    bytes; ``y``: flat float32 output.  Chunks of blocks spread over threads; each chunk goes
-    through a plain function (inside a ``prange`` body the element loops do not vectorize)."""
+    """kind: 0 Q4_0, 1 Q4_1, 4 Q8_0.  ``b``: flat bytes of whole blocks of ``ts`` bytes; ``y``: flat
+    float32 output.  Chunks of blocks spread over threads, each through a plain function whose
+    element loops vectorize (the same loops in the ``prange`` body did not)."""
     nb = b.shape[0] // ts
     cb = DEQUANT_CHUNK // qk
     for c in prange((nb + cb - 1) // cb):
         lo = c * cb
         hi = min(nb, lo + cb)
-        bc = b[lo * ts : hi * ts]
-        yc = y[lo * qk : hi * qk]
-        if kind == 4:
-            _dequant_q8_0(bc, yc, qk)
-        else:
-            _dequant_q4(bc, yc, qk, kind == 1)
+        _dequant_plain(b[lo * ts : hi * ts], y[lo * qk : hi * qk], kind, qk)
 
 
 # ============================================================================ Python wrappers
@@ -503,7 +507,10 @@ def _dequantizer(kind):
         if kind in (2, 3):
             return _dequant_q5(blocks, kind == 3)
         y = np.empty(blocks.shape[0] * QK, dtype=np.float32)
-        _dequant_legacy(blocks.reshape(-1), y, kind, blocks.shape[1], QK)
+        if dequant_in_parallel(y.size):
+            _dequant_legacy(blocks.reshape(-1), y, kind, blocks.shape[1], QK)
+        else:
+            _dequant_plain(blocks.reshape(-1), y, kind, QK)
         return y.reshape(-1, QK)
 
     return dequantize

@@ -14,6 +14,7 @@ from engine.quant._common import (
     DEQUANT_CHUNK,
     KERNEL,
     QK_K,
+    dequant_in_parallel,
     f16_bits_to_f32,
     f32_to_f16_bits,
     get_u16,
@@ -166,6 +167,14 @@ def _tq2_blocks(b, y, n):
                 yj[96 + m] = np.float32(d * np.float32(((v >> 6) & 3) - 1))
 
 
+@njit(**KERNEL)
+def _dequant_plain(b, y, tq2, n):
+    if tq2:
+        _tq2_blocks(b, y, n)
+    else:
+        _tq1_blocks(b, y, n)
+
+
 @njit(**KERNEL, parallel=True)
 def _dequant(b, y, tq2, n):
     """TQ1_0 (or ``tq2``: TQ2_0) in chunks of blocks spread over threads, each through a plain
@@ -176,10 +185,7 @@ def _dequant(b, y, tq2, n):
     for c in prange((nb + cb - 1) // cb):
         lo = c * cb
         hi = min(nb, lo + cb)
-        if tq2:
-            _tq2_blocks(b[lo * ts : hi * ts], y[lo * QK_K : hi * QK_K], n)
-        else:
-            _tq1_blocks(b[lo * ts : hi * ts], y[lo * QK_K : hi * QK_K], n)
+        _dequant_plain(b[lo * ts : hi * ts], y[lo * QK_K : hi * QK_K], tq2, n)
 
 
 # ============================================================================ wrappers
@@ -199,7 +205,8 @@ def _quantize_tq2(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 def _dequantize(blocks: np.ndarray, tq2: bool) -> np.ndarray:
     y = np.empty((blocks.shape[0], QK_K), dtype=np.float32)
-    _dequant(np.ascontiguousarray(blocks).reshape(-1), y.reshape(-1), tq2, 32)
+    run = _dequant if dequant_in_parallel(y.size) else _dequant_plain
+    run(np.ascontiguousarray(blocks).reshape(-1), y.reshape(-1), tq2, 32)
     return y
 
 
