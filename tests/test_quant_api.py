@@ -250,6 +250,39 @@ def test_dequantize_every_half_scale_matches_gguf(qtype):
     assert _same_floats(ours, theirs), qtype
 
 
+@pytest.mark.parametrize(
+    "qtype", ["F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "TQ1_0", "TQ2_0"]
+)
+def test_dequantize_chunks_and_threads_give_the_same_bits(qtype):
+    """Several chunks (DEQUANT_CHUNK) split over threads == one plain call at 1 thread, bit for bit
+    (NaN payloads included); an unaligned buffer gives the same floats."""
+    import numba
+
+    from engine.quant._common import DEQUANT_CHUNK
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread: no chunked path to compare")
+    fmt = Q.format_of(qtype)
+    n_blocks = 3 * DEQUANT_CHUNK // fmt.block_size + 5  # three chunks and a partial one
+    raw = _random_bytes(fmt, n_blocks, 7)
+    shape = (n_blocks, fmt.block_size)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        many = Q.dequantize(raw, qtype, shape)
+        numba.set_num_threads(1)
+        one = Q.dequantize(raw, qtype, shape)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(many.view(np.uint32), one.view(np.uint32))
+    odd = np.empty(raw.size + 1, np.uint8)[1:]
+    odd[:] = raw.reshape(-1)
+    assert np.array_equal(Q.dequantize(odd, qtype, shape).view(np.uint32), one.view(np.uint32))
+    with np.errstate(all="ignore"):
+        theirs = gguf_dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(shape).astype(np.float32)
+    assert _same_floats(one, theirs)
+
+
 @pytest.mark.parametrize("qtype", MINE)
 def test_round_trip_error_is_small(qtype):
     x = _x(rows=4, n=512, seed=5)
