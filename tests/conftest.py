@@ -32,3 +32,22 @@ def default_model(kvant_paths) -> Path:
             next(gen)
         except StopIteration as stop:
             return Path(stop.value.path)
+
+
+@pytest.fixture(scope="module")
+def launch():
+    """The CUDA launch shapes of a GPU test module: Numba's simulator, switched on for that module only
+    (tests.test_cuda_backend.cuda_test_device), unless KVANT_CUDA_TESTS=device."""
+    from tests.test_cuda_backend import cuda_test_device
+
+    with cuda_test_device() as shapes:
+        yield shapes
+
+
+@pytest.fixture(scope="module")
+def reduce_launch(launch):
+    """Several lanes and threads per row on the simulator too, so the block reductions and the
+    grid-stride loops take their strides."""
+    from engine.runtime.cuda import device as D
+
+    return D.SIM_REDUCE_LAUNCH if launch is D.SIM_LAUNCH else launch

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import engine
-from tests.test_cuda_backend import cuda_test_device
 from tests.test_models_arch import ARCHS, _script
 
 PROMPT = np.array([1, 17, 99], np.int64)
@@ -34,20 +33,6 @@ LOGIT_ATOL = 1e-4
 # seen: 5e-4 on values ~0.9 in attention outputs).  The logits above stay within LOGIT_ATOL.
 ACT_RTOL_OF_MAX = 2.0**-10
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-@pytest.fixture(scope="module")
-def launch():
-    with cuda_test_device() as launch:
-        yield launch
-
-
-@pytest.fixture(scope="module")
-def reduce_launch(launch):
-    """Several threads per block on the simulator too, so the grid-stride loops take strides."""
-    from engine.runtime.cuda import device as D
-
-    return D.SIM_REDUCE_LAUNCH if launch is D.SIM_LAUNCH else launch
 
 
 @dataclasses.dataclass

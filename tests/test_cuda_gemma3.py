@@ -14,18 +14,11 @@ import numpy as np
 import pytest
 
 import engine
-from tests.test_cuda_backend import cuda_test_device
 
 IDS = np.array([1, 17, 99, 3, 200, 42, 7], np.int64)
 # Logits of the GPU path differ from the CPU's by f32 rounding (summation order) carried through two
 # layers (observed: < 1e-6 on logits of magnitude ~7); a wrong kernel is off by orders more.
 LOGIT_ATOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def launch():
-    with cuda_test_device() as launch:
-        yield launch
 
 
 @pytest.fixture(scope="module")

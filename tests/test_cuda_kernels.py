@@ -15,24 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_cuda_backend import cuda_test_device
-
 GGML = {"Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-@pytest.fixture(scope="module")
-def launch():
-    with cuda_test_device() as launch:
-        yield launch
-
-
-@pytest.fixture(scope="module")
-def reduce_launch(launch):
-    """Several lanes/threads per row on the simulator too, so the block reductions run."""
-    from engine.runtime.cuda import device as D
-
-    return D.SIM_REDUCE_LAUNCH if launch is D.SIM_LAUNCH else launch
 
 
 def _qweight(qtype: str, rows: int, cols: int, seed: int):

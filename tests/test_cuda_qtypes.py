@@ -18,27 +18,11 @@ import numpy as np
 import pytest
 
 from engine.runtime.kernels.qmatmul import QTYPES, VEC_DOT_TYPE
-from tests.test_cuda_backend import cuda_test_device
 
 IDS = {name: tid for tid, (name, _, _) in QTYPES.items()}
 ORIGINAL = {"Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"}  # tests/test_cuda_kernels.py
 NEW = sorted(set(IDS) - ORIGINAL, key=IDS.get)
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-@pytest.fixture(scope="module")
-def launch():
-    with cuda_test_device() as launch:
-        yield launch
-
-
-@pytest.fixture(scope="module")
-def reduce_launch(launch):
-    """Two lanes and two rows per block on the simulator, so the lane reductions and the row
-    grid-stride both run."""
-    from engine.runtime.cuda import device as D
-
-    return D.SIM_REDUCE_LAUNCH if launch is D.SIM_LAUNCH else launch
 
 
 def _cols(name: str) -> int:
