@@ -472,6 +472,7 @@ def _quantize_rows(kind, x, qw, use_qw, out, nchunks):
 
 @njit(parallel=True, **_JIT)
 def _dequantize_blocks(kind, blocks, out):
+    """Q2_K and Q3_K, block by block (Q4_K, Q5_K, Q6_K: :func:`_dequant_chunks`)."""
     for i in prange(blocks.shape[0]):
         q = blocks[i]
         y = out[i]
@@ -485,7 +486,7 @@ def _dequantize_blocks(kind, blocks, out):
                 shift = 2 * ((j % 8) // 2)
                 for l in range(16):
                     y[16 * j + l] = dl * F32((np.int64(q[base + l]) >> shift) & 3) - ml
-        elif kind == Q3_K:
+        else:  # Q3_K
             d_all = _get_fp16(q, 108)
             for j in range(16):
                 dl = d_all * F32(_q3_scale(q, j))
@@ -498,39 +499,6 @@ def _dequantize_blocks(kind, blocks, out):
                         0 if (np.int64(q[hm_off]) & mbit) else 4
                     )
                     y[16 * j + l] = dl * F32(v)
-        elif kind == Q6_K:
-            d = _get_fp16(q, 208)
-            for h in range(2):
-                for l in range(32):
-                    ql0 = np.int64(q[64 * h + l])
-                    ql1 = np.int64(q[64 * h + l + 32])
-                    qh = np.int64(q[128 + 32 * h + l])
-                    is_ = 8 * h + l // 16
-                    q1 = np.int64((ql0 & 0xF) | (((qh >> 0) & 3) << 4)) - 32
-                    q2 = np.int64((ql1 & 0xF) | (((qh >> 2) & 3) << 4)) - 32
-                    q3 = np.int64((ql0 >> 4) | (((qh >> 4) & 3) << 4)) - 32
-                    q4 = np.int64((ql1 >> 4) | (((qh >> 6) & 3) << 4)) - 32
-                    y[128 * h + l] = d * F32(_i8(q[192 + is_])) * F32(q1)
-                    y[128 * h + l + 32] = d * F32(_i8(q[192 + is_ + 2])) * F32(q2)
-                    y[128 * h + l + 64] = d * F32(_i8(q[192 + is_ + 4])) * F32(q3)
-                    y[128 * h + l + 96] = d * F32(_i8(q[192 + is_ + 6])) * F32(q4)
-        else:
-            q5 = kind == Q5_K
-            d = _get_fp16(q, 0)
-            dmin = _get_fp16(q, 2)
-            qs = 48 if q5 else 16
-            for c in range(4):
-                for half in range(2):
-                    j = 2 * c + half
-                    sc, m = _scale_min_k4(j, q, 4)
-                    dl = d * F32(sc)
-                    ml = dmin * F32(m)
-                    bit = 1 << j
-                    for l in range(32):
-                        v = (q[qs + 32 * c + l] >> (4 * half)) & 0xF
-                        if q5 and (q[16 + l] & bit):
-                            v += 16
-                        y[32 * j + l] = dl * F32(v) - ml
 
 
 # Dequantizers of chunks of blocks: ``b`` the flat bytes of whole blocks, ``y`` the flat float32
