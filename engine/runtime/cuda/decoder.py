@@ -16,18 +16,17 @@ observer), it runs as programs built at load time (:mod:`.decode`) with the kern
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import cuda
 
 from engine.runtime.cuda import decode as dec
 from engine.runtime.cuda import device as D
 from engine.runtime.cuda import fused_kernels as FK
 from engine.runtime.cuda import kernels as K
 from engine.runtime.cuda import ops_kernels as O
+from engine.runtime.cuda.layers import GpuLayers
 
 
 @dataclass(eq=False)
@@ -59,7 +58,7 @@ class _DeviceLayer:
     ffn: dec.Stacks  # gate and up likewise
 
 
-class DecoderGpu:
+class DecoderGpu(GpuLayers):
     """Layers ``first_layer .. n_layer-1`` of ``model`` on the GPUs of ``arenas`` (one arena per
     GPU layer, consecutive layers on the same device), plus the output layer if ``output``."""
 
@@ -158,69 +157,7 @@ class DecoderGpu:
                 flat[off[name] : off[name] + len(b)] = b
         return flat
 
-    # ------------------------------------------------------------------ bookkeeping
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def nbytes(self) -> dict[int, int]:
-        return {a.index: a.allocated for a in self.arenas}
-
-    def truncate(self, n_past: int) -> None:
-        """Forget positions >= ``n_past`` in every GPU layer's cache."""
-        if n_past < self.n_past:
-            for L in self.layers:
-                with L.arena.on():
-                    n = L.slot_pos.shape[0]
-                    lc = L.arena.launch
-                    K.kv_truncate[D._blocks(n, lc.elem_threads, lc), lc.elem_threads](L.slot_pos, n_past)
-        self.n_past = n_past
-
-    def close(self) -> None:
-        self.layers.clear()
-        self.output = None
-        self.decode = []
-
-    # ------------------------------------------------------------------ the graph
-
-    def forward(
-        self,
-        x: np.ndarray,
-        pos0: int,
-        last_only: bool,
-        want_logits: bool,
-        see: Callable[[str, np.ndarray], None] | None,
-    ) -> tuple[np.ndarray, bool]:
-        """Run the GPU layers on the hidden state ``x`` (n, n_embd) of positions ``pos0 ..``.
-        Returns (logits, True) when the output layer is here and ``want_logits``, else
-        (hidden state, False) for the CPU to finish.  ``last_only``: only the last row leaves the
-        last layer (as on the CPU)."""
-        self.truncate(pos0)
-        n = x.shape[0]
-        if n == 1 and see is None:
-            self.n_past = pos0 + 1
-            return dec.forward_one(self.decode, x, pos0, want_logits)
-        positions = np.arange(pos0, pos0 + n, dtype=np.int64)
-        i = 0
-        while i < len(self.layers):
-            arena = self.layers[i].arena
-            j = i
-            while j < len(self.layers) and self.layers[j].arena is arena:
-                j += 1
-            with arena.on():
-                dx = cuda.to_device(np.ascontiguousarray(x, np.float32))
-                dpos = cuda.to_device(positions)
-                for L in self.layers[i:j]:
-                    dx = self._layer(L, dx, dpos, pos0, last_only, see)
-                if j == len(self.layers) and self.output is not None and want_logits:
-                    self.n_past = pos0 + n
-                    return self._output(arena, dx, last_only, see), True
-                x = dx.copy_to_host()
-            i = j
-        self.n_past = pos0 + n
-        return x, False
+    # ------------------------------------------------------------------ the graph (forward: GpuLayers)
 
     def _layer(self, L: _DeviceLayer, x, positions, pos0: int, last_only: bool, see):
         p = self.params

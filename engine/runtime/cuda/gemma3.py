@@ -12,17 +12,16 @@ q/k/v and gate/up weights of one type stacked into one mat-mul, and the kernels 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import cuda
 
 from engine.runtime.cuda import decode as dec
 from engine.runtime.cuda import device as D
 from engine.runtime.cuda import fused_kernels as FK
 from engine.runtime.cuda import kernels as K
+from engine.runtime.cuda.layers import GpuLayers
 
 
 @dataclass(eq=False)
@@ -50,7 +49,7 @@ class _DeviceLayer:
     ffn: dec.Stacks  # w_gate, w_up likewise
 
 
-class Gemma3Gpu:
+class Gemma3Gpu(GpuLayers):
     """Layers ``first_layer .. n_layer-1`` of ``model`` on the GPUs of ``arenas`` (one arena per
     GPU layer, consecutive layers on the same device), plus the output layer if ``output``."""
 
@@ -122,74 +121,7 @@ class Gemma3Gpu:
                 self.output = (D.DeviceQWeight.upload(arena, model.tok_embd), arena.upload(model.output_norm))
         self.decode = [self._decode_group(arena, layers) for arena, layers in dec.groups(self.layers)]
 
-    # ------------------------------------------------------------------ bookkeeping
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def nbytes(self) -> dict[int, int]:
-        return {a.index: a.allocated for a in self.arenas}
-
-    def truncate(self, n_past: int) -> None:
-        """Forget positions >= ``n_past`` in every GPU layer's cache."""
-        if n_past < self.n_past:
-            for L in self.layers:
-                with L.arena.on():
-                    n = L.slot_pos.shape[0]
-                    launch = L.arena.launch
-                    K.kv_truncate[D._blocks(n, launch.elem_threads, launch), launch.elem_threads](
-                        L.slot_pos, n_past
-                    )
-        self.n_past = n_past
-
-    def close(self) -> None:
-        self.layers.clear()
-        self.output = None
-        self.decode = []
-
-    # ------------------------------------------------------------------ the graph
-
-    def forward(
-        self,
-        x: np.ndarray,
-        pos0: int,
-        last_only: bool,
-        want_logits: bool,
-        see: Callable[[str, np.ndarray], None] | None,
-    ) -> tuple[np.ndarray, bool]:
-        """Run the GPU layers on the hidden state ``x`` (n, n_embd) of positions ``pos0 ..``.
-        Returns (logits, True) when the output layer is here and ``want_logits``, else
-        (hidden state, False) for the CPU to finish.  ``last_only``: only the last row leaves the
-        last layer (as on the CPU)."""
-        self.truncate(pos0)
-        n = x.shape[0]
-        if n == 1 and see is None:
-            self.n_past = pos0 + 1
-            return dec.forward_one(self.decode, x, pos0, want_logits)
-        positions = np.arange(pos0, pos0 + n, dtype=np.int64)
-        out: np.ndarray | None = None
-        logits = False
-        i = 0
-        while i < len(self.layers):
-            arena = self.layers[i].arena
-            j = i
-            while j < len(self.layers) and self.layers[j].arena is arena:
-                j += 1
-            with arena.on():
-                dx = cuda.to_device(np.ascontiguousarray(x, np.float32))
-                dpos = cuda.to_device(positions)
-                for L in self.layers[i:j]:
-                    dx = self._layer(L, dx, dpos, pos0, last_only, see)
-                if j == len(self.layers) and self.output is not None and want_logits:
-                    out = self._output(arena, dx, last_only, see)
-                    logits = True
-                else:
-                    x = dx.copy_to_host()
-            i = j
-        self.n_past = pos0 + n
-        return (out, True) if logits else (x, False)
+    # ------------------------------------------------------------------ the graph (forward: GpuLayers)
 
     def _layer(self, L: _DeviceLayer, x, positions, pos0: int, last_only: bool, see):
         p = self.params
