@@ -93,13 +93,14 @@ def run(args: argparse.Namespace) -> int:
         f"prompt {res.n_prompt}, decode {res.n_gen}",
         *([res.gpu["message"]] if res.gpu and res.n_gpu_layers not in (0, None) else []),
         "",
-        "| engine | load s | warm-up s | prefill tok/s | decode tok/s | first token s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | runtime init s | load s | warm-up s | prefill tok/s | decode tok/s | first token s "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in rows:
         lines.append(
-            f"| {name} | {s.load_s:.2f} | {s.warmup_s:.2f} | {s.prefill_tok_s:.1f} | {s.decode_tok_s:.1f} "
-            f"| {s.ttft_s:.2f} | {_f(s.peak_rss_mb, '{:.0f}')} |"
+            f"| {name} | {s.runtime_init_s:.2f} | {s.load_s:.2f} | {s.warmup_s:.2f} | {s.prefill_tok_s:.1f} "
+            f"| {s.decode_tok_s:.1f} | {s.ttft_s:.2f} | {_f(s.peak_rss_mb, '{:.0f}')} |"
         )
     ratios = res.ratios()
     if ratios:
