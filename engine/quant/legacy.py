@@ -21,6 +21,7 @@ from engine.quant._common import (
     INLINE,
     KERNEL,
     dequant_in_parallel,
+    dequant_output,
     f16_bits_to_f32,
     f32_to_f16_bits,
     get_u16,
@@ -438,11 +439,11 @@ def _dequant_q4(b, y, qk, with_min):
 
 
 @njit(**KERNEL, parallel=True)
-def _dequant_q5(blocks, with_min):
-    """Q5_0 (``d * (q - 16)``) or, ``with_min``, Q5_1 (``d * q + m``) of ``blocks`` (n, type size).
-    Block by block in the ``prange`` body: measured faster than through the chunk functions."""
+def _dequant_q5(blocks, with_min, y):
+    """Q5_0 (``d * (q - 16)``) or, ``with_min``, Q5_1 (``d * q + m``) of ``blocks`` (n, type size) into
+    ``y`` (n, 32).  Block by block in the ``prange`` body: measured faster than through the chunk
+    functions.  ``y`` comes from NumPy (see :func:`engine.quant._common.dequant_output`)."""
     nb = blocks.shape[0]
-    y = np.empty((nb, QK), dtype=np.float32)
     for i in prange(nb):
         b = blocks[i]
         d = f16_bits_to_f32(get_u16(b, 0))
@@ -458,7 +459,6 @@ def _dequant_q5(blocks, with_min):
             else:
                 y[i, j] = np.float32(d * np.float32(lo - 16))
                 y[i, j + 16] = np.float32(d * np.float32(hi - 16))
-    return y
 
 
 @njit(**KERNEL)
@@ -505,7 +505,9 @@ def _dequantizer(kind):
     def dequantize(blocks: np.ndarray) -> np.ndarray:
         blocks = np.ascontiguousarray(blocks)
         if kind in (2, 3):
-            return _dequant_q5(blocks, kind == 3)
+            out = dequant_output(blocks.shape[0], QK)
+            _dequant_q5(blocks, kind == 3, out)
+            return out
         y = np.empty(blocks.shape[0] * QK, dtype=np.float32)
         if dequant_in_parallel(y.size):
             _dequant_legacy(blocks.reshape(-1), y, kind, blocks.shape[1], QK)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from engine.quant._common import KERNEL, trunc_i32
+from engine.quant._common import KERNEL, dequant_output, trunc_i32
 from engine.quant._simd import mxfp4_indices
 from engine.quant.format import QuantFormat
 
@@ -86,16 +86,14 @@ def _mxfp4_rows(x, out, kv):
 
 
 @njit(**KERNEL, parallel=True)
-def _mxfp4_dequant(blocks, kv):
+def _mxfp4_dequant(blocks, kv, y):
     nb = blocks.shape[0]
-    y = np.empty((nb, QK), dtype=np.float32)
     for i in prange(nb):
         d = _e8m0_half(np.int64(blocks[i, 0]))
         for j in range(16):
             b = np.int64(blocks[i, 1 + j])
             y[i, j] = np.float32(d * np.float32(kv[b & 0x0F]))
             y[i, j + 16] = np.float32(d * np.float32(kv[b >> 4]))
-    return y
 
 
 # ============================================================================ wrappers
@@ -108,7 +106,9 @@ def _quantize(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def _dequantize(blocks: np.ndarray) -> np.ndarray:
-    return _mxfp4_dequant(np.ascontiguousarray(blocks), KVALUES)
+    out = dequant_output(blocks.shape[0], QK)
+    _mxfp4_dequant(np.ascontiguousarray(blocks), KVALUES, out)
+    return out
 
 
 FORMATS: dict[str, QuantFormat] = {"MXFP4": QuantFormat("MXFP4", 39, QK, TYPE_SIZE, _dequantize, _quantize)}

@@ -19,6 +19,7 @@ from numba import njit, prange
 from engine.quant._common import (
     KERNEL,
     QK_K,
+    dequant_output,
     f16_bits_to_f32,
     f32_to_f16_bits,
     get_u16,
@@ -178,22 +179,19 @@ def _iq4_xs_rows(x, out, im, has_im, kv):
 
 
 @njit(**KERNEL, parallel=True)
-def _iq4_nl_dequant(blocks, kv):
+def _iq4_nl_dequant(blocks, kv, y):
     nb = blocks.shape[0]
-    y = np.empty((nb, QK4_NL), dtype=np.float32)
     for i in prange(nb):
         d = f16_bits_to_f32(get_u16(blocks[i], 0))
         for j in range(16):
             b = np.int64(blocks[i, 2 + j])
             y[i, j] = np.float32(d * np.float32(kv[b & 0x0F]))
             y[i, j + 16] = np.float32(d * np.float32(kv[b >> 4]))
-    return y
 
 
 @njit(**KERNEL, parallel=True)
-def _iq4_xs_dequant(blocks, kv):
+def _iq4_xs_dequant(blocks, kv, y):
     nb = blocks.shape[0]
-    y = np.empty((nb, QK_K), dtype=np.float32)
     for i in prange(nb):
         b = blocks[i]
         d = f16_bits_to_f32(get_u16(b, 0))
@@ -205,10 +203,15 @@ def _iq4_xs_dequant(blocks, kv):
                 q = np.int64(b[8 + 16 * ib + j])
                 y[i, 32 * ib + j] = np.float32(dl * np.float32(kv[q & 0x0F]))
                 y[i, 32 * ib + 16 + j] = np.float32(dl * np.float32(kv[q >> 4]))
-    return y
 
 
 # ============================================================================ wrappers
+
+
+def _dequant_into(kernel, blocks: np.ndarray, block_size: int) -> np.ndarray:
+    out = dequant_output(blocks.shape[0], block_size)
+    kernel(np.ascontiguousarray(blocks), KVALUES, out)
+    return out
 
 
 def _quantize_nl(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -231,7 +234,7 @@ FORMATS: dict[str, QuantFormat] = {
         20,
         QK4_NL,
         NL_SIZE,
-        lambda b: _iq4_nl_dequant(np.ascontiguousarray(b), KVALUES),
+        lambda b: _dequant_into(_iq4_nl_dequant, b, QK4_NL),
         _quantize_nl,
         uses_imatrix=True,
     ),
@@ -240,7 +243,7 @@ FORMATS: dict[str, QuantFormat] = {
         23,
         QK_K,
         XS_SIZE,
-        lambda b: _iq4_xs_dequant(np.ascontiguousarray(b), KVALUES),
+        lambda b: _dequant_into(_iq4_xs_dequant, b, QK_K),
         _quantize_xs,
         uses_imatrix=True,
     ),
