@@ -258,3 +258,15 @@ def test_q5_0_widened_to_q8_0_codes_keeps_the_values(gemma):
         tensors = [type("T", (), {"type": GGML["Q5_0"], "nbytes": 100})()] * 3
 
     assert not widen_q5_0_in(AllQ5())
+
+
+def test_kv_cache_with_transposed_keys_keeps_them_once():
+    shape = dict(n_ctx=12, n_kv_head=2, head_dim=4, windows=[0, 4], max_batch=2, dtype="f32")
+    c = KVCache(**shape, k_transposed=True)
+    plain = KVCache(**shape)
+    assert c.nbytes == plain.nbytes  # K once (transposed) + V, not K twice
+    k = np.arange(2 * 2 * 4, dtype=np.float32).reshape(2, 2, 4)
+    c.write(1, 0, k, -k)
+    assert np.array_equal(c.kt[1][:, :, :2], np.transpose(k, (1, 2, 0))) and np.array_equal(c.v[1][:2], -k)
+    with pytest.raises(ModelError, match="transposed"):
+        c.view(1, 2)

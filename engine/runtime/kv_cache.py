@@ -8,9 +8,10 @@ its last ``w`` keys after the whole batch is written.
 ``dtype="f16"`` (llama.cpp's default) stores values rounded to fp16 (held in f32 arrays so the
 Numba kernels read them directly); ``"f32"`` stores them as computed.
 
-``k_transposed=True`` also keeps every layer's keys as ``kt`` (n_kv_head, head_dim, slots), the
-layout the single-token attention kernel (:func:`engine.runtime.kernels.fused.attend_one`)
-vectorizes over; it costs the K cache's memory once more.
+``k_transposed=True`` keeps every layer's keys as ``kt`` (n_kv_head, head_dim, slots) instead, the
+layout the attention kernels that read it (:func:`engine.runtime.kernels.attention.attention_kt`,
+:func:`engine.runtime.kernels.fused.attend_one`) vectorize over; ``k`` then holds no slots and
+:meth:`view` is not available.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class KVCache:
         self.dtype = dtype
         self.windows = list(windows)
         self.slots = [n_ctx if w <= 0 else min(n_ctx, w + max_batch - 1) for w in self.windows]
-        self.k = [np.zeros((s, n_kv_head, head_dim), np.float32) for s in self.slots]
+        self.k = [np.zeros((0 if k_transposed else s, n_kv_head, head_dim), np.float32) for s in self.slots]
         self.v = [np.zeros((s, n_kv_head, head_dim), np.float32) for s in self.slots]
         self.slot_pos = [np.full(s, -1, np.int64) for s in self.slots]
         self.kt = (
@@ -91,13 +92,16 @@ class KVCache:
         if self.round_f16:
             k = k.astype(np.float16)
             v = v.astype(np.float16)
-        self.k[layer][slots] = k
         self.v[layer][slots] = v
         if self.kt is not None:
             self.kt[layer][:, :, slots] = np.transpose(k, (1, 2, 0))
+        else:
+            self.k[layer][slots] = k
         self.slot_pos[layer][slots] = np.arange(start_pos, start_pos + n)
 
     def view(self, layer: int, end_pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(k, v, slot_pos) of the slots attention may read once positions < ``end_pos`` are written."""
+        if self.kt is not None:
+            raise ModelError("this KV cache keeps its keys transposed only (read kt)")
         n = min(self.slots[layer], end_pos)
         return self.k[layer][:n], self.v[layer][:n], self.slot_pos[layer][:n]

@@ -247,14 +247,14 @@ def qk_rope_cache(
 ):
     """One token's queries and keys: per-head RMSNorm (``has_norm``), RoPE, and the query scale
     (``scale_first``: scale then round to f16, else round then scale); K and V go to slot
-    ``slot`` of the cache (rounded to f16 with ``round_f16``; keys also to ``kt`` (Hkv, D, slots)
-    with ``has_kt``), and ``slot_pos[slot] = pos``.
+    ``slot`` of the cache (rounded to f16 with ``round_f16``; with ``has_kt`` the keys go to ``kt``
+    (Hkv, D, slots) instead of ``kc``), and ``slot_pos[slot] = pos``.
 
     ``q`` (H*D,), ``k``/``v`` (Hkv*D,) are the mat-vec outputs (q and k are changed in place);
     ``qo`` (H, D) receives the query attention reads.  ``gemma_rope``: ops.rope_neox's arithmetic
     (the whole head, no factors); otherwise ops.rope's (NORM or NEOX over the first n_rot)."""
     nh, d = qo.shape
-    nkv = kc.shape[1]
+    nkv = vc.shape[1]
     half = n_rot // 2
     if has_norm:
         for hh in range(nh):
@@ -334,10 +334,11 @@ def qk_rope_cache(
             if round_f16:
                 kv = f16_bits_to_f32(f32_to_f16_bits(kv))
                 vv = f16_bits_to_f32(f32_to_f16_bits(vv))
-            kc[slot, hh, i] = kv
             vc[slot, hh, i] = vv
             if has_kt:
                 kt[hh, i, slot] = kv
+            else:
+                kc[slot, hh, i] = kv
     slot_pos[slot] = pos
 
 

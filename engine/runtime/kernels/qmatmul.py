@@ -723,7 +723,7 @@ def _q8_1_correction(w: QWeight, act) -> np.ndarray | None:
     return ((s.astype(np.float64) - exact) @ w.fields[-1].astype(np.float64).T).astype(np.float32)
 
 
-def matmul_dense(w: QWeight, x: np.ndarray, act=None, chunk_rows: int = 16384) -> np.ndarray:
+def matmul_dense(w: QWeight, x: np.ndarray, act=None, chunk_rows: int = 4096) -> np.ndarray:
     """``x @ W.T`` for many rows (prefill): same converted activations, weights dequantized one
     row chunk at a time, f32 BLAS.  Agrees with :func:`matvec` to f32 rounding."""
     act = quantize_act(w, x) if act is None else act
