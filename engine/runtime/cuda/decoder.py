@@ -298,14 +298,3 @@ class DecoderGpu(GpuLayers):
             dec.add_residual(to_logits, FK.ADD, a, none, none, x, norm, eps, h, out_t)
             to_logits.add_call(D.matmul_call(lc, w_out, h.acts[w_out.act_type], logits))
         return dec.Group(arena, x, body, to_hidden, to_logits, logits)
-
-    def _output(self, arena: D.DeviceArena, x, last_only: bool, see) -> np.ndarray:
-        p = self.params
-        lc = arena.launch
-        if last_only and x.shape[0] > 1:
-            x = x[x.shape[0] - 1 :]
-        w_out, norm = self.output
-        x = D.rmsnorm(lc, x, norm, np.float32(p.eps))
-        if see is not None:
-            see(self.output_name, x.copy_to_host())
-        return D.matmul(lc, w_out, D.quantize(lc, w_out.act_type, x)).copy_to_host()

@@ -56,6 +56,8 @@ class Gemma3Gpu(GpuLayers):
     def __init__(self, model: Any, first_layer: int, arenas: list[D.DeviceArena], output: bool) -> None:
         p = model.params
         self.params = p
+        self.output_name = "token_embd.weight"  # tied output
+        self.final_softcap = float(p.final_softcap)
         self.first_layer = first_layer
         self.n_ctx = model.n_ctx
         self.round_f16 = model.cache.round_f16
@@ -245,17 +247,3 @@ class Gemma3Gpu(GpuLayers):
                 grid = D._blocks(p.n_vocab, lc.elem_threads, lc)
                 to_logits.add(K.softcap, grid, lc.elem_threads, (logits, f32(p.final_softcap)))
         return dec.Group(arena, x, body, to_hidden, to_logits, logits)
-
-    def _output(self, arena: D.DeviceArena, x, last_only: bool, see) -> np.ndarray:
-        p = self.params
-        lc = arena.launch
-        if last_only and x.shape[0] > 1:
-            x = x[x.shape[0] - 1 :]
-        tok_embd, norm = self.output
-        x = D.rmsnorm(lc, x, norm, np.float32(p.eps))
-        if see is not None:
-            see("token_embd.weight", x.copy_to_host())
-        logits = D.matmul(lc, tok_embd, D.quantize(lc, tok_embd.act_type, x))
-        if p.final_softcap > 0:
-            D.softcap(lc, logits, p.final_softcap)
-        return logits.copy_to_host()

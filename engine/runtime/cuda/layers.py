@@ -20,11 +20,14 @@ from engine.runtime.cuda import kernels as K
 
 class GpuLayers:
     """Layers ``first_layer ..`` of a model on GPUs; subclasses set ``layers`` (each with ``arena``,
-    ``slot_pos``), ``arenas``, ``output``, ``decode`` and ``n_past`` and define the graph."""
+    ``slot_pos``), ``arenas``, ``output``, ``decode`` and ``n_past`` and define the graph (``_layer``)."""
 
+    params: Any
     layers: list[Any]
     arenas: list[D.DeviceArena]
-    output: Any
+    output: Any  # (weight, norm) of the output layer on the last GPU, or None
+    output_name: str
+    final_softcap: float = 0.0
     decode: list
     n_past: int
 
@@ -92,4 +95,16 @@ class GpuLayers:
         raise NotImplementedError
 
     def _output(self, arena: D.DeviceArena, x, last_only: bool, see) -> np.ndarray:
-        raise NotImplementedError
+        """Output norm, the output matrix (``self.output``: (weight, norm), observed as
+        ``self.output_name``) and the final soft-cap (``self.final_softcap`` > 0) of the last rows."""
+        lc = arena.launch
+        if last_only and x.shape[0] > 1:
+            x = x[x.shape[0] - 1 :]
+        w_out, norm = self.output
+        x = D.rmsnorm(lc, x, norm, np.float32(self.params.eps))
+        if see is not None:
+            see(self.output_name, x.copy_to_host())
+        logits = D.matmul(lc, w_out, D.quantize(lc, w_out.act_type, x))
+        if self.final_softcap > 0:
+            D.softcap(lc, logits, self.final_softcap)
+        return logits.copy_to_host()
