@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,9 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="kvant-test-home-"))
 os.environ["KVANT_HOME"] = str(_SESSION_HOME)
+# The session home holds an assembled copy of the default model (242 MB); every run left one
+# behind until 443 of them filled the disk. atexit also runs after a failed or interrupted session.
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

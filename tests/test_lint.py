@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -29,3 +30,27 @@ def test_ruff_format():
         [*_ruff(), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_test_session_removes_its_home(tmp_path):
+    """A test session's KVANT_HOME (with its assembled 242 MB default model) is removed when the
+    session ends: leaked homes once filled the disk and failed CI."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("KVANT_HOME", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_lint.py::test_ruff_check",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not list(tmp_path.glob("kvant-test-home-*")), "the test session left its KVANT_HOME behind"
