@@ -11,7 +11,9 @@ Run:  NUMBA_NUM_THREADS=2 python benchmarks/bench_gui_chat.py [--rounds 3] [--to
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -55,7 +57,9 @@ def main() -> None:
 
     engine.prepare_runtime()
     workers = WorkerPool()
-    page = ChatPage(KvantPaths(Path(tempfile.mkdtemp(prefix="kvant-bench-"))).ensure(), workers)
+    home = Path(tempfile.mkdtemp(prefix="kvant-bench-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    page = ChatPage(KvantPaths(home).ensure(), workers)
     page.resize(1000, 700)
     page.show()
     page.set_entries([entry])

@@ -12,7 +12,9 @@ tokens, so a few minutes on a laptop); the Learn page shows its three demos.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="kvant-shots-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a home with a model: ~1 GB
     os.environ["KVANT_HOME"] = str(tmp / "home")
     hub = _fake_hub(tmp)
 
