@@ -437,7 +437,7 @@ def matvec_call(w, buf: ActBuffers, out: np.ndarray):
     name = w.qtype
     if name == "Q8_0":
         buf.flags |= ACT_Q8_0
-        return qm._mv_q8_0, (f[0], f[1], buf.xs2, out)
+        return qm._mv_q8_0, (f[0], f[1], buf.q02, buf.d02, out)
     if name == "Q5_0":
         buf.flags |= ACT_Q8_0
         return qm._mv_q5_0, (f[0], f[1], f[2], buf.xs2, out)

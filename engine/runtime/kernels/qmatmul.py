@@ -36,6 +36,7 @@ from engine.runtime.kernels.actquant import (
     round_bf16,
     round_f16,
 )
+from engine.runtime.kernels.simd import acc16, dot_q8_block, hsum16
 
 # ggml type ids -> (name, block elements, block bytes)
 QTYPES: dict[int, tuple[str, int, int]] = {
@@ -477,36 +478,93 @@ _FINE_CHUNK_TOKENS = 8
 _FINE_CHUNK = 16
 
 
+@njit(**KERNEL)
+def _q8_0_dot1(q, d, x, xd):
+    """One Q8_0 row · one Q8_0 activation row: per block, the 16 exact integer pair sums
+    (:func:`~.simd.dot_q8_block`) converted to f32, times ``d · xd``, added into 16 f32 lanes;
+    the lanes summed as a fixed tree.  Every Q8_0 product goes through exactly this arithmetic
+    (:func:`_q8_0_dot2x4` too), whatever the token count, so prefill equals decode bit for bit."""
+    a = acc16()
+    for b in range(d.shape[0]):
+        o = b * 32
+        dot_q8_block(a, q, o, x, o, d[b] * xd[b])
+    return hsum16(a)
+
+
+@njit(**KERNEL)
+def _q8_0_dot2x4(q0, q1, e0, e1, xq, xd, t, res):
+    """:func:`_q8_0_dot1` for 2 rows × tokens ``t..t+3`` at once (each row block is loaded
+    once for 4 tokens, each token block once for 2 rows; 8 independent accumulators)."""
+    a0 = acc16()
+    a1 = acc16()
+    a2 = acc16()
+    a3 = acc16()
+    a4 = acc16()
+    a5 = acc16()
+    a6 = acc16()
+    a7 = acc16()
+    x0 = xq[t]
+    x1 = xq[t + 1]
+    x2 = xq[t + 2]
+    x3 = xq[t + 3]
+    d0 = xd[t]
+    d1 = xd[t + 1]
+    d2 = xd[t + 2]
+    d3 = xd[t + 3]
+    for b in range(e0.shape[0]):
+        o = b * 32
+        f0 = e0[b]
+        f1 = e1[b]
+        dot_q8_block(a0, q0, o, x0, o, f0 * d0[b])
+        dot_q8_block(a1, q0, o, x1, o, f0 * d1[b])
+        dot_q8_block(a2, q0, o, x2, o, f0 * d2[b])
+        dot_q8_block(a3, q0, o, x3, o, f0 * d3[b])
+        dot_q8_block(a4, q1, o, x0, o, f1 * d0[b])
+        dot_q8_block(a5, q1, o, x1, o, f1 * d1[b])
+        dot_q8_block(a6, q1, o, x2, o, f1 * d2[b])
+        dot_q8_block(a7, q1, o, x3, o, f1 * d3[b])
+    res[0] = hsum16(a0)
+    res[1] = hsum16(a1)
+    res[2] = hsum16(a2)
+    res[3] = hsum16(a3)
+    res[4] = hsum16(a4)
+    res[5] = hsum16(a5)
+    res[6] = hsum16(a6)
+    res[7] = hsum16(a7)
+
+
 @njit(**KERNEL, parallel=True)
-def _mv_q8_0(qs, d, xs, out):
-    """Q8_0 rows · dequantized Q8_0 activations ``xs`` (n, K).  The 32 lanes of a block accumulate
-    across blocks (one horizontal sum per row, not per block): the products q·x are exact in f32,
-    so this equals the integer formulation up to f32 summation order, at ~4x its speed."""
+def _mv_q8_0(qs, d, xq, xd, out):
+    """Q8_0 rows · Q8_0 activations (codes ``xq`` (n, K) int8, scales ``xd`` (n, K/32)):
+    :func:`_q8_0_dot1` for every (token, row), two rows × four tokens at a time."""
     rows = qs.shape[0]
-    nb = d.shape[1]
-    n = xs.shape[0]
+    n = xq.shape[0]
     ch = _ROW_CHUNK if n < _FINE_CHUNK_TOKENS else _FINE_CHUNK
     nch = (rows + ch - 1) // ch
+    n4 = n - n % 4
     for c in prange(nch):
-        acc = np.empty(32, np.float32)
-        for r in range(c * ch, min(rows, c * ch + ch)):
+        res = np.empty(8, np.float32)
+        r1 = min(rows, c * ch + ch)
+        r = c * ch
+        while r + 1 < r1:
+            for t in range(0, n4, 4):
+                _q8_0_dot2x4(qs[r], qs[r + 1], d[r], d[r + 1], xq, xd, t, res)
+                for i in range(4):
+                    out[t + i, r] = res[i]
+                    out[t + i, r + 1] = res[4 + i]
+            for t in range(n4, n):
+                out[t, r] = _q8_0_dot1(qs[r], d[r], xq[t], xd[t])
+                out[t, r + 1] = _q8_0_dot1(qs[r + 1], d[r + 1], xq[t], xd[t])
+            r += 2
+        if r < r1:
             for t in range(n):
-                for j in range(32):
-                    acc[j] = 0.0
-                for b in range(nb):
-                    db = d[r, b]
-                    o = b * 32
-                    for j in range(32):
-                        acc[j] += np.float32(qs[r, o + j]) * xs[t, o + j] * db
-                s = np.float32(0.0)
-                for j in range(32):
-                    s += acc[j]
-                out[t, r] = s
+                out[t, r] = _q8_0_dot1(qs[r], d[r], xq[t], xd[t])
 
 
 @njit(**KERNEL, parallel=True)
 def _mv_q5_0(qs, qh, d, xs, out):
-    """Q5_0 rows · dequantized Q8_0 activations, 16-lane accumulation (see :func:`_mv_q8_0`)."""
+    """Q5_0 rows · dequantized Q8_0 activations ``xs`` (n, K): 16 f32 lanes accumulate
+    ``(lo·x_j + hi·x_{j+16})·d`` across blocks (one horizontal sum per row, not per block)."""
     rows = qs.shape[0]
     nb = d.shape[1]
     n = xs.shape[0]
@@ -689,7 +747,7 @@ def matvec(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) -
     f = w.fields
     name = w.qtype
     if name == "Q8_0":
-        _mv_q8_0(f[0], f[1], dequant_act(act[0], act[1]), out)
+        _mv_q8_0(f[0], f[1], act[0], act[1], out)
     elif name == "Q4_0":
         _mv_q4_0(f[0], f[1], act[0], act[1], out)
     elif name == "Q5_0":

@@ -1,0 +1,153 @@
+"""SIMD building blocks that Numba's auto-vectorizer does not find, as Numba intrinsics.
+
+LLVM vectorizes plain loops well, but not the shape a Q8_0 dot product needs: a 32-element
+int8 · int8 block summed in integers, converted to float once per block and scaled, with the
+partial sums kept in SIMD lanes across blocks (llama.cpp's AVX2 / AVX-512 kernels).  Written as
+loops, it either ends every 32-element block in a horizontal sum or multiplies in 32-bit lanes;
+both run at a fraction of the shape below.  These intrinsics emit that shape directly as LLVM
+vector IR, inlined into the calling ``@njit`` function:
+
+- :func:`acc16`: a 16-lane f32 accumulator on the stack, zeroed (LLVM keeps it in a register);
+- :func:`dot_q8_block`: ``acc += f32(pairs(q[qo:qo+32] · x[xo:xo+32])) · s``, where lane ``i``
+  holds the exact integer ``q[2i]·x[2i] + q[2i+1]·x[2i+1]`` (``pmaddwd``);
+- :func:`hsum16`: the 16 lanes summed as a fixed tree (8 + 8, 4 + 4, 2 + 2, 1 + 1).
+
+Every value is defined by that arithmetic, not by the instruction set: with AVX-512BW the pair
+sums are one ``vpmaddwd`` on a zmm register, with AVX2 two on ymm registers, otherwise generic
+vector IR that LLVM lowers for the machine; the integer pair sums are exact, and the float
+operations (convert, multiply, add, tree sum) are the same IEEE operations in the same order on
+every path, so results are bit-identical across them (``tests/test_simd.py`` checks the paths
+against each other and against a NumPy model of the same arithmetic).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+_V32I8 = ir.VectorType(_I8, 32)
+_V32I16 = ir.VectorType(_I16, 32)
+_V16I16 = ir.VectorType(_I16, 16)
+_V16I32 = ir.VectorType(_I32, 16)
+_V8I32 = ir.VectorType(_I32, 8)
+_V16F = ir.VectorType(_F32, 16)
+
+
+def _mask(idx) -> ir.Constant:
+    idx = list(idx)
+    return ir.Constant(ir.VectorType(_I32, len(idx)), idx)
+
+
+def _features(context) -> str:
+    """The target features Numba compiles for (``+avx512bw,...``): the host's, or NUMBA_CPU_*."""
+    feats = getattr(context.codegen(), "_tm_features", None)
+    if feats is None:  # pragma: no cover - older Numba: ask LLVM about the host
+        import llvmlite.binding as llb
+
+        feats = llb.get_host_cpu_features().flatten()
+    return feats
+
+
+def _pair_sums(builder, q: ir.Value, x: ir.Value, path: str) -> ir.Value:
+    """<16 x i32> lane i = q[2i]·x[2i] + q[2i+1]·x[2i+1] of two <32 x i16> vectors."""
+    if path == "avx512bw":
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16I32, [_V32I16, _V32I16]), "llvm.x86.avx512.pmaddw.d.512"
+        )
+        return builder.call(fn, [q, x])
+    if path == "avx2":
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd"
+        )
+        lo, hi = _mask(range(16)), _mask(range(16, 32))
+        a = builder.call(fn, [builder.shuffle_vector(q, q, lo), builder.shuffle_vector(x, x, lo)])
+        b = builder.call(fn, [builder.shuffle_vector(q, q, hi), builder.shuffle_vector(x, x, hi)])
+        return builder.shuffle_vector(a, b, _mask(range(16)))
+    even, odd = _mask(range(0, 32, 2)), _mask(range(1, 32, 2))
+
+    def half(v, m):
+        return builder.sext(builder.shuffle_vector(v, v, m), _V16I32)
+
+    return builder.add(builder.mul(half(q, even), half(x, even)), builder.mul(half(q, odd), half(x, odd)))
+
+
+def _path(context, forced: str | None) -> str:
+    if forced is not None:
+        return forced
+    feats = _features(context)
+    if "+avx512bw" in feats:
+        return "avx512bw"
+    if "+avx2" in feats:
+        return "avx2"
+    return "generic"
+
+
+def _block_ptr(context, builder, aryty, ary, off):
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.bitcast(builder.gep(data, [off]), _V32I8.as_pointer())
+
+
+@intrinsic
+def acc16(typingctx):
+    """A zeroed 16-lane f32 accumulator (a stack slot, promoted to a register by LLVM)."""
+
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, _V16F)
+        builder.store(ir.Constant(_V16F, None), slot)
+        return builder.bitcast(slot, _F32.as_pointer())
+
+    return types.CPointer(types.float32)(), codegen
+
+
+def _make_dot_q8_block(forced: str | None):
+    @intrinsic
+    def dot_q8_block(typingctx, acc, q, qo, x, xo, s):
+        """``acc += f32(pair_sums(q[qo:qo+32], x[xo:xo+32])) * s`` (int8 blocks, f32 scale)."""
+        if not (isinstance(q, types.Array) and q.dtype == types.int8 and q.ndim == 1):
+            return None
+        if not (isinstance(x, types.Array) and x.dtype == types.int8 and x.ndim == 1):
+            return None
+
+        def codegen(context, builder, signature, args):
+            accp, qa, qoff, xa, xoff, scale = args
+            qp = _block_ptr(context, builder, signature.args[1], qa, qoff)
+            xp = _block_ptr(context, builder, signature.args[3], xa, xoff)
+            qv = builder.sext(builder.load(qp, align=1), _V32I16)
+            xv = builder.sext(builder.load(xp, align=1), _V32I16)
+            isum = _pair_sums(builder, qv, xv, _path(context, forced))
+            sv = builder.insert_element(ir.Constant(_V16F, ir.Undefined), scale, ir.Constant(_I32, 0))
+            sv = builder.shuffle_vector(sv, sv, _mask([0] * 16))
+            ap = builder.bitcast(accp, _V16F.as_pointer())
+            builder.store(builder.fadd(builder.load(ap), builder.fmul(builder.sitofp(isum, _V16F), sv)), ap)
+            return context.get_dummy_value()
+
+        return types.void(acc, q, qo, x, xo, types.float32), codegen
+
+    return dot_q8_block
+
+
+dot_q8_block = _make_dot_q8_block(None)
+# the portable paths, for tests that hold every path to the same bits
+dot_q8_block_avx2 = _make_dot_q8_block("avx2")
+dot_q8_block_generic = _make_dot_q8_block("generic")
+
+
+@intrinsic
+def hsum16(typingctx, acc):
+    """The 16 lanes of an :func:`acc16` accumulator summed as a fixed tree: halves added
+    lane-wise (0-7 + 8-15, then 0-3 + 4-7, ...) down to one value."""
+
+    def codegen(context, builder, signature, args):
+        v = builder.load(builder.bitcast(args[0], _V16F.as_pointer()))
+        n = 16
+        while n > 1:
+            h = n // 2
+            lo = builder.shuffle_vector(v, v, _mask(range(h)))
+            v = builder.fadd(lo, builder.shuffle_vector(v, v, _mask(range(h, n))))
+            n = h
+        return builder.extract_element(v, ir.Constant(_I32, 0))
+
+    return types.float32(acc), codegen

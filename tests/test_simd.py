@@ -1,0 +1,97 @@
+"""The SIMD intrinsics (engine.runtime.kernels.simd) against a NumPy model of their arithmetic, bit
+for bit, on every instruction path this machine can run; and the Q8_0 mat-vec built on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from engine.runtime.kernels import simd
+from engine.runtime.kernels.qmatmul import _mv_q8_0
+from engine.runtime.kernels.simd import acc16, hsum16
+
+
+def _model_dot(q: np.ndarray, d: np.ndarray, x: np.ndarray, xd: np.ndarray) -> np.float32:
+    """One row · one activation row in NumPy: per 32-block the exact pair sums
+    q[2i]·x[2i] + q[2i+1]·x[2i+1] as f32, times f32(d·xd), added lane-wise into 16 f32 lanes;
+    then the lanes summed as the tree 8+8, 4+4, 2+2, 1+1."""
+    acc = np.zeros(16, np.float32)
+    for b in range(d.shape[0]):
+        qb = q[b * 32 : b * 32 + 32].astype(np.int32)
+        xb = x[b * 32 : b * 32 + 32].astype(np.int32)
+        pairs = (qb[0::2] * xb[0::2] + qb[1::2] * xb[1::2]).astype(np.float32)
+        acc = acc + pairs * np.float32(d[b] * xd[b])
+    while acc.shape[0] > 1:
+        h = acc.shape[0] // 2
+        acc = acc[:h] + acc[h:]
+    return acc[0]
+
+
+def _kernel(block):
+    @njit(cache=False)
+    def dot(q, d, x, xd):
+        a = acc16()
+        for b in range(d.shape[0]):
+            block(a, q, b * 32, x, b * 32, d[b] * xd[b])
+        return hsum16(a)
+
+    return dot
+
+
+def _has(feature: str) -> bool:
+    return f"+{feature}" in simd._features(__import__("numba").core.registry.cpu_target.target_context)
+
+
+def _data(seed: int, k: int = 640):
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-128, 128, k).astype(np.int8)  # -128 too: Q8_0 files may hold it
+    x = rng.integers(-127, 128, k).astype(np.int8)
+    q[:32] = -128  # the largest pair sums (2 · 128 · 127) in one block
+    x[:32] = -127
+    d = (rng.standard_normal(k // 32) * 1e-2).astype(np.float32)
+    xd = (rng.uniform(1e-3, 1, k // 32)).astype(np.float32)
+    return q, d, x, xd
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "native",
+        pytest.param("avx2", marks=pytest.mark.skipif(not _has("avx2"), reason="no AVX2 on this machine")),
+        "generic",
+    ],
+)
+def test_dot_q8_block_matches_numpy_model_bitwise(path):
+    block = {
+        "native": simd.dot_q8_block,
+        "avx2": simd.dot_q8_block_avx2,
+        "generic": simd.dot_q8_block_generic,
+    }[path]
+    dot = _kernel(block)
+    for seed in range(20):
+        q, d, x, xd = _data(seed)
+        got = dot(q, d, x, xd)
+        want = _model_dot(q, d, x, xd)
+        assert np.float32(got).view(np.uint32) == want.view(np.uint32), (seed, got, want)
+
+
+def test_mv_q8_0_is_the_model_for_every_token_and_row():
+    rng = np.random.default_rng(7)
+    rows, k = 11, 96  # odd rows (a single row after the pairs), 3 blocks
+    qs = rng.integers(-127, 128, (rows, k)).astype(np.int8)
+    d = (rng.standard_normal((rows, k // 32)) * 1e-2).astype(np.float32)
+    for n in (1, 3, 4, 9):  # below, at and past the four-token tile, with a remainder
+        xq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        xd = rng.uniform(1e-3, 1, (n, k // 32)).astype(np.float32)
+        out = np.full((n, rows), np.nan, np.float32)
+        _mv_q8_0(qs, d, xq, xd, out)
+        want = np.array([[_model_dot(qs[r], d[r], xq[t], xd[t]) for r in range(rows)] for t in range(n)])
+        np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
+def test_dot_q8_block_rejects_other_code_types():
+    dot = _kernel(simd.dot_q8_block)
+    q, d, x, xd = _data(0)
+    with pytest.raises(Exception, match=r"(?i)typing|no implementation|invalid use"):
+        dot(q.astype(np.int16), d, x, xd)
