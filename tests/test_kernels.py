@@ -197,6 +197,25 @@ def test_attention_with_transposed_keys_is_bit_identical(window, round_f16, nkv)
     np.testing.assert_array_equal(got, attention(q, k, v, sp, np.arange(9, 16), window, round_f16))
 
 
+@pytest.mark.parametrize("round_f16", [False, True])
+@pytest.mark.parametrize("nkv", [1, 2])
+def test_attention_with_transposed_keys_long_rows_bit_identical(round_f16, nkv):
+    """Past the SIMD tiles: 64-slot and 64-lane register tiles, 16-wide tails and scalar tails
+    (D = 277 = 2·128 + 16 + 5, 34 passes of 8 key dims + 5; visible slot ranges of every length up to 150)."""
+    rng = np.random.default_rng(8)
+    n, d, slots = 9, 277, 160
+    q = (rng.standard_normal((n, 4, d)) * 0.2).astype(np.float32)
+    k = rng.standard_normal((slots, nkv, d)).astype(np.float32)
+    v = rng.standard_normal((slots, nkv, d)).astype(np.float32)
+    kt = np.ascontiguousarray(np.transpose(k, (1, 2, 0)))
+    sp = np.arange(slots, dtype=np.int64)
+    qpos = np.array([0, 15, 16, 63, 64, 79, 100, 127, 149])
+    for window in (0, 37):
+        got = attention_kt(q, kt, v, sp, 150, qpos, window, round_f16)
+        want = attention(q, k[:150], v[:150], sp[:150], qpos, window, round_f16)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_kv_cache_ring_and_overflow():
     c = KVCache(n_ctx=40, n_kv_head=1, head_dim=4, windows=[0, 8], max_batch=4, dtype="f32")
     assert c.slots == [40, 11]

@@ -151,3 +151,61 @@ def hsum16(typingctx, acc):
         return builder.extract_element(v, ir.Constant(_I32, 0))
 
     return types.float32(acc), codegen
+
+
+def _f32_ptr(context, builder, aryty, ary, off):
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.bitcast(builder.gep(data, [off]), _V16F.as_pointer())
+
+
+def _is_f32_vector(a) -> bool:
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1
+
+
+@intrinsic
+def axpy16(typingctx, acc, x, off, s):
+    """``acc += x[off:off+16] * s`` lane-wise (an f32 multiply, then an f32 add: the same two
+    roundings as the scalar ``a += x[i] * s``)."""
+    if not _is_f32_vector(x):
+        return None
+
+    def codegen(context, builder, signature, args):
+        accp, xa, xoff, scale = args
+        xv = builder.load(_f32_ptr(context, builder, signature.args[1], xa, xoff), align=4)
+        sv = builder.insert_element(ir.Constant(_V16F, ir.Undefined), scale, ir.Constant(_I32, 0))
+        sv = builder.shuffle_vector(sv, sv, _mask([0] * 16))
+        ap = builder.bitcast(accp, _V16F.as_pointer())
+        builder.store(builder.fadd(builder.load(ap), builder.fmul(xv, sv)), ap)
+        return context.get_dummy_value()
+
+    return types.void(acc, x, off, types.float32), codegen
+
+
+@intrinsic
+def load16(typingctx, acc, x, off):
+    """``acc = x[off:off+16]``."""
+    if not _is_f32_vector(x):
+        return None
+
+    def codegen(context, builder, signature, args):
+        accp, xa, xoff = args
+        xv = builder.load(_f32_ptr(context, builder, signature.args[1], xa, xoff), align=4)
+        builder.store(xv, builder.bitcast(accp, _V16F.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.void(acc, x, off), codegen
+
+
+@intrinsic
+def store16(typingctx, acc, x, off):
+    """``x[off:off+16] = acc``."""
+    if not _is_f32_vector(x):
+        return None
+
+    def codegen(context, builder, signature, args):
+        accp, xa, xoff = args
+        v = builder.load(builder.bitcast(accp, _V16F.as_pointer()))
+        builder.store(v, _f32_ptr(context, builder, signature.args[1], xa, xoff), align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, x, off), codegen
