@@ -47,6 +47,7 @@ from numba.extending import intrinsic
 
 from engine.runtime.kernels._config import KERNEL
 from engine.runtime.kernels.qmatmul import QWeight, matvec, quantize_act
+from engine.runtime.kernels.simd import dot_i16_i8, dot_i16x16
 
 _R = 2  # rows per micro-tile of the float-lane kernels (they share every activation load)
 _TT = 64  # tokens per micro-tile of the float-lane kernels (SIMD lanes run across tokens)
@@ -74,6 +75,8 @@ def _stack_f32(nelem: int):
 
 _acc16 = _stack_f32(_R * 16 * _TT)
 _sum = _stack_f32(_TT)
+_NO_MINS = np.zeros((1, 16), np.int16)  # Q6_K: no mins / bsums
+_NO_BSUMS = np.zeros((1, 16), np.int16)
 
 
 # ============================================================================ float-lane kernels
@@ -144,14 +147,66 @@ def _gemm_q5_0(qs, qh, d, xT, out):
 # ============================================================================ integer kernels
 
 
+@njit(**KERNEL)
+def _kq_tile(w, ds, dm, ms, has_min, i0, xq, xd, xb, t, res):
+    """Rows ``i0, i0+1`` of a decoded row block × tokens ``t..t+3``: per block the exact integer
+    sums (:func:`~.simd.dot_i16_i8`, and with ``has_min`` :func:`~.simd.dot_i16x16` for
+    ``Σ m·bsum``), then ``matvec``'s float update in block order, into ``res`` (2 × 4)."""
+    nb = ds.shape[1]
+    for u in range(8):
+        res[u] = 0.0
+    for b in range(nb):
+        o = b * 256
+        for u in range(4):
+            xr = xq[t + u]
+            xdb = xd[t + u, b]
+            for r in range(2):
+                i = i0 + r
+                sumi = dot_i16_i8(w[i], o, xr, o, 8)
+                if has_min:
+                    summ = dot_i16x16(ms[i], b * 16, xb[t + u], b * 16)
+                    res[4 * r + u] += xdb * (ds[i, b] * np.float32(sumi) - dm[i, b] * np.float32(summ))
+                else:
+                    res[4 * r + u] += xdb * ds[i, b] * np.float32(sumi)
+
+
+@njit(**KERNEL)
+def _kq_rows(w, ds, dm, ms, has_min, rn, xq, xd, xb, out, r0):
+    """Every token × the ``rn`` decoded rows of a block: :func:`_kq_tile` for 2 rows × 4 tokens,
+    then the single row and the last tokens with the same arithmetic."""
+    n = xq.shape[0]
+    nb = ds.shape[1]
+    n4 = n - n % 4
+    res = np.empty(8, np.float32)
+    for i0 in range(0, rn - 1, 2):
+        for t in range(0, n4, 4):
+            _kq_tile(w, ds, dm, ms, has_min, i0, xq, xd, xb, t, res)
+            for u in range(4):
+                out[t + u, r0 + i0] = res[u]
+                out[t + u, r0 + i0 + 1] = res[4 + u]
+    for i in range(rn):
+        t0 = n4 if i < rn - rn % 2 else 0
+        for t in range(t0, n):
+            acc = np.float32(0.0)
+            for b in range(nb):
+                o = b * 256
+                sumi = dot_i16_i8(w[i], o, xq[t], o, 8)
+                if has_min:
+                    summ = dot_i16x16(ms[i], b * 16, xb[t], b * 16)
+                    acc += xd[t, b] * (ds[i, b] * np.float32(sumi) - dm[i, b] * np.float32(summ))
+                else:
+                    acc += xd[t, b] * ds[i, b] * np.float32(sumi)
+            out[t, r0 + i] = acc
+
+
 @njit(**KERNEL, parallel=True)
-def _gemm_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
-    """Q4_K / Q5_K rows × Q8_K activations: per block the exact ``Σ sc·q·x`` (scales folded into the
-    int16 codes) and ``Σ m·bsum``, then ``matvec``'s float update in block order."""
+def _gemm_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xb, out):
+    """Q4_K / Q5_K rows × Q8_K activations (``xb``: the bsums as int16): per block the exact
+    ``Σ sc·q·x`` (scales folded into the int16 codes) and ``Σ m·bsum`` (mins spread over the 16
+    bsums of a block), then ``matvec``'s float update in block order."""
     rows = qs.shape[0]
     nb = d.shape[1]
     k = nb * 256
-    n = xq.shape[0]
     nrb = (rows + _RI - 1) // _RI
     for c in prange(nrb):
         r0 = c * _RI
@@ -159,14 +214,14 @@ def _gemm_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
         w = np.zeros((_RI, k), np.int16)
         ds = np.zeros((_RI, nb), np.float32)
         dm = np.zeros((_RI, nb), np.float32)
-        ms = np.zeros((_RI, nb * 8), np.int32)
+        ms = np.zeros((_RI, nb * 16), np.int16)
         for i in range(rn):
             r = r0 + i
             for b in range(nb):
                 ds[i, b] = d[r, b]
                 dm[i, b] = dmin[r, b]
-                for s in range(8):
-                    ms[i, b * 8 + s] = mn[r, b * 8 + s]
+                for s in range(16):
+                    ms[i, b * 16 + s] = mn[r, b * 8 + s // 2]
                 for cc in range(4):
                     s1 = np.int16(sc[r, b * 8 + 2 * cc])
                     s2 = np.int16(sc[r, b * 8 + 2 * cc + 1])
@@ -180,19 +235,7 @@ def _gemm_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
                             hi |= ((hb >> (2 * cc + 1)) & 1) << 4
                         w[i, b * 256 + 64 * cc + li] = s1 * lo
                         w[i, b * 256 + 64 * cc + 32 + li] = s2 * hi
-        for t in range(n):
-            for i in range(rn):
-                acc = np.float32(0.0)
-                for b in range(nb):
-                    o = b * 256
-                    sumi = np.int32(0)
-                    for e in range(256):
-                        sumi = np.int32(sumi + np.int32(w[i, o + e]) * np.int32(xq[t, o + e]))
-                    summ = np.int32(0)
-                    for j in range(8):
-                        summ += ms[i, b * 8 + j] * (xbs[t, b * 16 + 2 * j] + xbs[t, b * 16 + 2 * j + 1])
-                    acc += xd[t, b] * (ds[i, b] * np.float32(sumi) - dm[i, b] * np.float32(summ))
-                out[t, r0 + i] = acc
+        _kq_rows(w, ds, dm, ms, True, rn, xq, xd, xb, out, r0)
 
 
 @njit(**KERNEL, parallel=True)
@@ -202,7 +245,6 @@ def _gemm_q6_k(ql, qh, sc, d, xq, xd, out):
     rows = ql.shape[0]
     nb = d.shape[1]
     k = nb * 256
-    n = xq.shape[0]
     nrb = (rows + _RI - 1) // _RI
     for c in prange(nrb):
         r0 = c * _RI
@@ -224,16 +266,7 @@ def _gemm_q6_k(ql, qh, sc, d, xq, xd, out):
                         w[i, e + 32] = np.int16(sc[r, s + 2]) * (((a2 & 15) | (((hb >> 2) & 3) << 4)) - 32)
                         w[i, e + 64] = np.int16(sc[r, s + 4]) * (((a >> 4) | (((hb >> 4) & 3) << 4)) - 32)
                         w[i, e + 96] = np.int16(sc[r, s + 6]) * (((a2 >> 4) | (((hb >> 6) & 3) << 4)) - 32)
-        for t in range(n):
-            for i in range(rn):
-                acc = np.float32(0.0)
-                for b in range(nb):
-                    o = b * 256
-                    sumi = np.int32(0)
-                    for e in range(256):
-                        sumi = np.int32(sumi + np.int32(w[i, o + e]) * np.int32(xq[t, o + e]))
-                    acc += xd[t, b] * ds[i, b] * np.float32(sumi)
-                out[t, r0 + i] = acc
+        _kq_rows(w, ds, ds, _NO_MINS, False, rn, xq, xd, _NO_BSUMS, out, r0)
 
 
 # ============================================================================ entry point
@@ -274,9 +307,9 @@ def qgemm(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) ->
     if w.qtype == "Q5_0":
         _gemm_q5_0(f[0], f[1], f[2], _transposed_act(act[0], act[1], -(-n // _TT) * _TT), out)
     elif w.qtype == "Q4_K":
-        _gemm_qk(f[0], f[1], f[2], f[3], f[4], _NO_QH, False, act[0], act[1], act[2], out)
+        _gemm_qk(f[0], f[1], f[2], f[3], f[4], _NO_QH, False, act[0], act[1], act[2].astype(np.int16), out)
     elif w.qtype == "Q5_K":
-        _gemm_qk(f[0], f[1], f[2], f[3], f[4], f[5], True, act[0], act[1], act[2], out)
+        _gemm_qk(f[0], f[1], f[2], f[3], f[4], f[5], True, act[0], act[1], act[2].astype(np.int16), out)
     else:
         _gemm_q6_k(f[0], f[1], f[2], f[3], act[0], act[1], out)
     return out
