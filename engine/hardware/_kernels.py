@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+import engine._jit  # noqa: F401  (Numba's cache keyed by the kernels' sources, before any cache=True)
+
 
 @numba.njit(cache=True, nogil=True)
 def read_sum(buf: np.ndarray) -> np.uint64:  # pragma: no cover - compiled

@@ -28,13 +28,11 @@ import numba
 import numpy as np
 from numba import njit
 
+from engine._jit import INLINE, KERNEL  # also points Numba's cache at the kernels' sources
 from engine.errors import QuantError
 
 QK_K = 256
 
-# Kernel decorators: every kernel is cached on disk, releases the GIL, and never uses fastmath.
-KERNEL = {"cache": True, "nogil": True}
-INLINE = {"cache": True, "nogil": True, "inline": "always"}
 
 _I32_MIN = -(2**31)
 _F16_TO_INF = np.float32(2.0**112)  # ggml: scale_to_inf

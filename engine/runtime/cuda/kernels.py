@@ -25,6 +25,8 @@ import math
 import numpy as np
 from numba import cuda
 
+import engine._jit  # noqa: F401  (Numba's cache keyed by the kernels' sources, before any cache=True)
+
 TT = 8  # tokens per mat-mul tile (weights decoded once per tile)
 SM_F32 = 2048  # shared f32 scratch: TT x (lanes x rows per block) <= 8 x 256
 SM_F64 = 256

@@ -2,5 +2,8 @@
 
 from __future__ import annotations
 
-# fastmath stays off: the kernels must agree with their NumPy references to float rounding.
-KERNEL = {"cache": True, "nogil": True}
+# Importing engine._jit also points Numba's on-disk cache at a directory keyed by the kernels'
+# sources (see there). fastmath stays off: the kernels must agree with their NumPy references.
+from engine._jit import KERNEL
+
+__all__ = ["KERNEL"]

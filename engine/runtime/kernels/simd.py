@@ -9,14 +9,16 @@ vector IR, inlined into the calling ``@njit`` function:
 
 - :func:`acc16`: a 16-lane f32 accumulator on the stack, zeroed (LLVM keeps it in a register);
 - :func:`dot_q8_block`: ``acc += f32(pairs(q[qo:qo+32] · x[xo:xo+32])) · s``, where lane ``i``
-  holds the exact integer ``q[2i]·x[2i] + q[2i+1]·x[2i+1]`` (``pmaddwd``);
+  holds the exact integer ``q[2i]·x[2i] + q[2i+1]·x[2i+1]`` (``pmaddwd``), the multiply-add fused
+  (one rounding) where the CPU has FMA, as llama.cpp's AVX2 / AVX-512 kernels do;
 - :func:`hsum16`: the 16 lanes summed as a fixed tree (8 + 8, 4 + 4, 2 + 2, 1 + 1).
 
 Every value is defined by that arithmetic, not by the instruction set: with AVX-512BW the pair
 sums are one ``vpmaddwd`` on a zmm register, with AVX2 two on ymm registers, otherwise generic
 vector IR that LLVM lowers for the machine; the integer pair sums are exact, and the float
-operations (convert, multiply, add, tree sum) are the same IEEE operations in the same order on
-every path, so results are bit-identical across them (``tests/test_simd.py`` checks the paths
+operations (convert, multiply-add, tree sum) are the same IEEE operations in the same order on
+every path, so results are bit-identical across them (between a CPU with FMA and one without,
+:func:`dot_q8_block` differs by its fused rounding) (``tests/test_simd.py`` checks the paths
 against each other and against a NumPy model of the same arithmetic).
 """
 
@@ -74,6 +76,17 @@ def _pair_sums(builder, q: ir.Value, x: ir.Value, path: str) -> ir.Value:
     return builder.add(builder.mul(half(q, even), half(x, even)), builder.mul(half(q, odd), half(x, odd)))
 
 
+def has_fma() -> bool:
+    """Whether :func:`dot_q8_block` fuses its multiply-add (the CPU Numba compiles for has FMA)."""
+    from numba.core.registry import cpu_target
+
+    return _has_fma(cpu_target.target_context)
+
+
+def _has_fma(context) -> bool:
+    return "+fma" in _features(context)
+
+
 def _path(context, forced: str | None) -> str:
     if forced is not None:
         return forced
@@ -121,7 +134,14 @@ def _make_dot_q8_block(forced: str | None):
             sv = builder.insert_element(ir.Constant(_V16F, ir.Undefined), scale, ir.Constant(_I32, 0))
             sv = builder.shuffle_vector(sv, sv, _mask([0] * 16))
             ap = builder.bitcast(accp, _V16F.as_pointer())
-            builder.store(builder.fadd(builder.load(ap), builder.fmul(builder.sitofp(isum, _V16F), sv)), ap)
+            f = builder.sitofp(isum, _V16F)
+            if _has_fma(context):  # one rounding: acc + f·s exactly, then rounded
+                fma = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]), "llvm.fma.v16f32"
+                )
+                builder.store(builder.call(fma, [f, sv, builder.load(ap)]), ap)
+            else:
+                builder.store(builder.fadd(builder.load(ap), builder.fmul(f, sv)), ap)
             return context.get_dummy_value()
 
         return types.void(acc, q, qo, x, xo, types.float32), codegen
