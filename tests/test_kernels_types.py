@@ -320,3 +320,17 @@ def test_unsupported_type_is_a_clear_model_error():
         repack(np.zeros(84, np.uint8), IDS["Q2_K"], 1, 128)
     with pytest.raises(ModelError, match="needs 168 bytes"):
         repack(np.zeros(84, np.uint8), IDS["Q2_K"], 2, 256)
+
+
+@pytest.mark.skipif(
+    not __import__("engine.runtime.kernels.simd", fromlist=["has_fma"]).has_fma(), reason="no FMA"
+)
+def test_q8_0_matvec_is_llama_cpp_bit_for_bit():
+    """Q8_0 runs llama.cpp's own x86 arithmetic (8 lanes of 4-product integer sums, fused
+    multiply-add per block, hsum_float_8; engine.runtime.kernels.simd): with llama.cpp's
+    activation codes the products are its dispatched vec_dot's, bit for bit, not just close."""
+    fx = _fixture("Q8_0")
+    raw, x = fx["raw"], fx["x"]
+    w = repack(raw, IDS["Q8_0"], raw.shape[0], x.shape[1])
+    got = matvec(w, x)
+    np.testing.assert_array_equal(got.view(np.uint32), fx["dot"].view(np.uint32))

@@ -36,7 +36,7 @@ from engine.runtime.kernels.actquant import (
     round_bf16,
     round_f16,
 )
-from engine.runtime.kernels.simd import acc16, dot_q8_block, hsum16
+from engine.runtime.kernels.simd import acc16, dot_q8_block, hsum_q8
 
 # ggml type ids -> (name, block elements, block bytes)
 QTYPES: dict[int, tuple[str, int, int]] = {
@@ -480,15 +480,16 @@ _FINE_CHUNK = 16
 
 @njit(**KERNEL)
 def _q8_0_dot1(q, d, x, xd):
-    """One Q8_0 row · one Q8_0 activation row: per block, the 16 exact integer pair sums
-    (:func:`~.simd.dot_q8_block`) converted to f32, times ``d · xd``, added into 16 f32 lanes;
-    the lanes summed as a fixed tree.  Every Q8_0 product goes through exactly this arithmetic
-    (:func:`_q8_0_dot2x4` too), whatever the token count, so prefill equals decode bit for bit."""
+    """One Q8_0 row · one Q8_0 activation row: per block, 8 exact integer sums of 4 products
+    (:func:`~.simd.dot_q8_block`) converted to f32, times ``d · xd``, added into 8 f32 lanes;
+    the lanes summed as a fixed tree: llama.cpp's x86 Q8_0 arithmetic.  Every Q8_0 product goes
+    through exactly this arithmetic (:func:`_q8_0_dot2x4` too), whatever the token count, so
+    prefill equals decode bit for bit."""
     a = acc16()
     for b in range(d.shape[0]):
         o = b * 32
         dot_q8_block(a, q, o, x, o, d[b] * xd[b])
-    return hsum16(a)
+    return hsum_q8(a)
 
 
 @njit(**KERNEL)
@@ -523,14 +524,14 @@ def _q8_0_dot2x4(q0, q1, e0, e1, xq, xd, t, res):
         dot_q8_block(a5, q1, o, x1, o, f1 * d1[b])
         dot_q8_block(a6, q1, o, x2, o, f1 * d2[b])
         dot_q8_block(a7, q1, o, x3, o, f1 * d3[b])
-    res[0] = hsum16(a0)
-    res[1] = hsum16(a1)
-    res[2] = hsum16(a2)
-    res[3] = hsum16(a3)
-    res[4] = hsum16(a4)
-    res[5] = hsum16(a5)
-    res[6] = hsum16(a6)
-    res[7] = hsum16(a7)
+    res[0] = hsum_q8(a0)
+    res[1] = hsum_q8(a1)
+    res[2] = hsum_q8(a2)
+    res[3] = hsum_q8(a3)
+    res[4] = hsum_q8(a4)
+    res[5] = hsum_q8(a5)
+    res[6] = hsum_q8(a6)
+    res[7] = hsum_q8(a7)
 
 
 @njit(**KERNEL, parallel=True)

@@ -7,19 +7,26 @@ loops, it either ends every 32-element block in a horizontal sum or multiplies i
 both run at a fraction of the shape below.  These intrinsics emit that shape directly as LLVM
 vector IR, inlined into the calling ``@njit`` function:
 
-- :func:`acc16`: a 16-lane f32 accumulator on the stack, zeroed (LLVM keeps it in a register);
-- :func:`dot_q8_block`: ``acc += f32(pairs(q[qo:qo+32] · x[xo:xo+32])) · s``, where lane ``i``
-  holds the exact integer ``q[2i]·x[2i] + q[2i+1]·x[2i+1]`` (``pmaddwd``), the multiply-add fused
-  (one rounding) where the CPU has FMA, as llama.cpp's AVX2 / AVX-512 kernels do;
-- :func:`hsum16`: the 16 lanes summed as a fixed tree (8 + 8, 4 + 4, 2 + 2, 1 + 1).
+- :func:`acc16`: a zeroed 16-lane f32 accumulator on the stack (LLVM keeps it in a register);
+- :func:`dot_q8_block`: ``acc += f32(quads(q[qo:qo+32] · x[xo:xo+32])) · s`` in 8 lanes (the even
+  lanes of an :func:`acc16`), where lane ``i`` holds the exact integer sum of the four products
+  ``4i..4i+3`` (``pmaddwd``, then adjacent pairs added), the multiply-add fused (one rounding)
+  where the CPU has FMA.  This is llama.cpp's own
+  Q8_0 arithmetic on x86 (``ggml_vec_dot_q8_0_q8_0``'s AVX2 path and tinyBLAS's ``updot`` +
+  ``madd``: 8 lanes of 4-product sums, ``fmadd(d_x·d_y, sum, acc)``), so with the same activation
+  codes our Q8_0 products are llama.cpp's, bit for bit;
+- :func:`hsum_q8` / :func:`hsum16`: the lanes summed as a fixed tree (:func:`hsum_q8`: 4 + 4, 2 + 2,
+  1 + 1 over the 8 lanes of :func:`dot_q8_block`, llama.cpp's ``hsum_float_8``);
+- :func:`axpy16`, :func:`load16`, :func:`store16`: 16-lane f32 ``acc += x·s``, loads and stores;
+- :func:`dot_i16_i8`, :func:`dot_i16x16`: exact int32 dot products through ``pmaddwd``.
 
 Every value is defined by that arithmetic, not by the instruction set: with AVX-512BW the pair
 sums are one ``vpmaddwd`` on a zmm register, with AVX2 two on ymm registers, otherwise generic
-vector IR that LLVM lowers for the machine; the integer pair sums are exact, and the float
-operations (convert, multiply-add, tree sum) are the same IEEE operations in the same order on
-every path, so results are bit-identical across them (between a CPU with FMA and one without,
-:func:`dot_q8_block` differs by its fused rounding) (``tests/test_simd.py`` checks the paths
-against each other and against a NumPy model of the same arithmetic).
+vector IR that LLVM lowers for the machine; the integer sums are exact, and the float operations
+(convert, multiply-add, tree sum) are the same IEEE operations in the same order on every path,
+so results are bit-identical across them (a CPU without FMA rounds :func:`dot_q8_block`'s
+multiply and add separately, as llama.cpp does there).  ``tests/test_simd.py`` checks the paths
+against each other and against a NumPy model of the same arithmetic.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ _V16I16 = ir.VectorType(_I16, 16)
 _V16I32 = ir.VectorType(_I32, 16)
 _V8I32 = ir.VectorType(_I32, 8)
 _V16F = ir.VectorType(_F32, 16)
+_V8F = ir.VectorType(_F32, 8)
+_V8I64 = ir.VectorType(ir.IntType(64), 8)
 
 
 def _mask(idx) -> ir.Constant:
@@ -130,11 +139,16 @@ def _make_dot_q8_block(forced: str | None):
             xp = _block_ptr(context, builder, signature.args[3], xa, xoff)
             qv = builder.sext(builder.load(qp, align=1), _V32I16)
             xv = builder.sext(builder.load(xp, align=1), _V32I16)
-            isum = _pair_sums(builder, qv, xv, _path(context, forced))
+            pairs = _pair_sums(builder, qv, xv, _path(context, forced))
+            # quads in the even lanes: each 64-bit lane pair (p0, p1) + (p1, 0) = (p0 + p1, p1);
+            # the odd lanes carry p1 along and are never read (see hsum_q8)
+            i64 = builder.bitcast(pairs, _V8I64)
+            hi = builder.bitcast(builder.lshr(i64, ir.Constant(_V8I64, [32] * 8)), _V16I32)
+            quads = builder.add(pairs, hi)
             sv = builder.insert_element(ir.Constant(_V16F, ir.Undefined), scale, ir.Constant(_I32, 0))
             sv = builder.shuffle_vector(sv, sv, _mask([0] * 16))
             ap = builder.bitcast(accp, _V16F.as_pointer())
-            f = builder.sitofp(isum, _V16F)
+            f = builder.sitofp(quads, _V16F)
             if _has_fma(context):  # one rounding: acc + f·s exactly, then rounded
                 fma = cgutils.get_or_insert_function(
                     builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]), "llvm.fma.v16f32"
@@ -155,20 +169,35 @@ dot_q8_block_avx2 = _make_dot_q8_block("avx2")
 dot_q8_block_generic = _make_dot_q8_block("generic")
 
 
+def _hsum_f32(builder, v: ir.Value, n: int) -> ir.Value:
+    """Lanes summed as a fixed tree: halves added lane-wise (0..n/2-1 + n/2..n-1, ...)."""
+    while n > 1:
+        h = n // 2
+        lo = builder.shuffle_vector(v, v, _mask(range(h)))
+        v = builder.fadd(lo, builder.shuffle_vector(v, v, _mask(range(h, n))))
+        n = h
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+@intrinsic
+def hsum_q8(typingctx, acc):
+    """The 8 lanes that :func:`dot_q8_block` accumulates (the even lanes of an :func:`acc16`
+    accumulator) summed as llama.cpp's ``hsum_float_8``: (0-3 + 4-7), then (0-1 + 2-3), then 0 + 1."""
+
+    def codegen(context, builder, signature, args):
+        v = builder.load(builder.bitcast(args[0], _V16F.as_pointer()))
+        return _hsum_f32(builder, builder.shuffle_vector(v, v, _mask(range(0, 16, 2))), 8)
+
+    return types.float32(acc), codegen
+
+
 @intrinsic
 def hsum16(typingctx, acc):
     """The 16 lanes of an :func:`acc16` accumulator summed as a fixed tree: halves added
     lane-wise (0-7 + 8-15, then 0-3 + 4-7, ...) down to one value."""
 
     def codegen(context, builder, signature, args):
-        v = builder.load(builder.bitcast(args[0], _V16F.as_pointer()))
-        n = 16
-        while n > 1:
-            h = n // 2
-            lo = builder.shuffle_vector(v, v, _mask(range(h)))
-            v = builder.fadd(lo, builder.shuffle_vector(v, v, _mask(range(h, n))))
-            n = h
-        return builder.extract_element(v, ir.Constant(_I32, 0))
+        return _hsum_f32(builder, builder.load(builder.bitcast(args[0], _V16F.as_pointer())), 16)
 
     return types.float32(acc), codegen
 
