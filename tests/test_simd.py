@@ -9,7 +9,7 @@ from numba import njit
 
 from engine.runtime.kernels import simd
 from engine.runtime.kernels.qmatmul import _mv_q8_0
-from engine.runtime.kernels.simd import acc16, has_fma, hsum_q8
+from engine.runtime.kernels.simd import has_fma
 
 FMA = has_fma()
 
@@ -36,26 +36,36 @@ def _model_dot(q: np.ndarray, d: np.ndarray, x: np.ndarray, xd: np.ndarray) -> n
     return acc[0]
 
 
-def _kernel(block):
+def _kernel(acc, block, hsum):
     @njit(cache=False)
     def dot(q, d, x, xd):
-        a = acc16()
+        a = acc()
         for b in range(d.shape[0]):
             block(a, q, b * 32, x, b * 32, d[b] * xd[b])
-        return hsum_q8(a)
+        return hsum(a)
 
     return dot
 
 
-def _has(feature: str) -> bool:
-    return f"+{feature}" in simd._features(__import__("numba").core.registry.cpu_target.target_context)
+def _feats() -> str:
+    return simd._features(__import__("numba").core.registry.cpu_target.target_context)
+
+
+def _can(path: str) -> bool:
+    f = _feats()
+    return {
+        "vnni": ("+avx512vnni" in f and "+avx512vl" in f) or "+avxvnni" in f,
+        "avx512bw": "+avx512bw" in f,
+        "avx2": "+avx2" in f,
+        "generic": True,
+    }[path]
 
 
 def _data(seed: int, k: int = 640):
     rng = np.random.default_rng(seed)
     q = rng.integers(-128, 128, k).astype(np.int8)  # -128 too: Q8_0 files may hold it
     x = rng.integers(-127, 128, k).astype(np.int8)
-    q[:32] = -128  # the largest pair sums (2 · 128 · 127) in one block
+    q[:32] = -128  # the largest sums (4 · 128 · 127) in one block
     x[:32] = -127
     d = (rng.standard_normal(k // 32) * 1e-2).astype(np.float32)
     xd = (rng.uniform(1e-3, 1, k // 32)).astype(np.float32)
@@ -64,19 +74,15 @@ def _data(seed: int, k: int = 640):
 
 @pytest.mark.parametrize(
     "path",
-    [
-        "native",
-        pytest.param("avx2", marks=pytest.mark.skipif(not _has("avx2"), reason="no AVX2 on this machine")),
-        "generic",
+    ["native"]
+    + [
+        pytest.param(p, marks=pytest.mark.skipif(not _can(p), reason=f"this CPU cannot run the {p} path"))
+        for p in simd.Q8_PATHS
     ],
 )
 def test_dot_q8_block_matches_numpy_model_bitwise(path):
-    block = {
-        "native": simd.dot_q8_block,
-        "avx2": simd.dot_q8_block_avx2,
-        "generic": simd.dot_q8_block_generic,
-    }[path]
-    dot = _kernel(block)
+    fns = (simd.acc_q8, simd.dot_q8_block, simd.hsum_q8) if path == "native" else simd.Q8_PATHS[path]
+    dot = _kernel(*fns)
     for seed in range(20):
         q, d, x, xd = _data(seed)
         got = dot(q, d, x, xd)
@@ -99,7 +105,7 @@ def test_mv_q8_0_is_the_model_for_every_token_and_row():
 
 
 def test_dot_q8_block_rejects_other_code_types():
-    dot = _kernel(simd.dot_q8_block)
+    dot = _kernel(simd.acc_q8, simd.dot_q8_block, simd.hsum_q8)
     q, d, x, xd = _data(0)
     with pytest.raises(Exception, match=r"(?i)typing|no implementation|invalid use"):
         dot(q.astype(np.int16), d, x, xd)

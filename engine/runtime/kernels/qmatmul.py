@@ -36,7 +36,7 @@ from engine.runtime.kernels.actquant import (
     round_bf16,
     round_f16,
 )
-from engine.runtime.kernels.simd import acc16, dot_q8_block, hsum_q8
+from engine.runtime.kernels.simd import acc_q8, dot_q8_block, hsum_q8
 
 # ggml type ids -> (name, block elements, block bytes)
 QTYPES: dict[int, tuple[str, int, int]] = {
@@ -485,7 +485,7 @@ def _q8_0_dot1(q, d, x, xd):
     the lanes summed as a fixed tree: llama.cpp's x86 Q8_0 arithmetic.  Every Q8_0 product goes
     through exactly this arithmetic (:func:`_q8_0_dot2x4` too), whatever the token count, so
     prefill equals decode bit for bit."""
-    a = acc16()
+    a = acc_q8()
     for b in range(d.shape[0]):
         o = b * 32
         dot_q8_block(a, q, o, x, o, d[b] * xd[b])
@@ -496,14 +496,14 @@ def _q8_0_dot1(q, d, x, xd):
 def _q8_0_dot2x4(q0, q1, e0, e1, xq, xd, t, res):
     """:func:`_q8_0_dot1` for 2 rows × tokens ``t..t+3`` at once (each row block is loaded
     once for 4 tokens, each token block once for 2 rows; 8 independent accumulators)."""
-    a0 = acc16()
-    a1 = acc16()
-    a2 = acc16()
-    a3 = acc16()
-    a4 = acc16()
-    a5 = acc16()
-    a6 = acc16()
-    a7 = acc16()
+    a0 = acc_q8()
+    a1 = acc_q8()
+    a2 = acc_q8()
+    a3 = acc_q8()
+    a4 = acc_q8()
+    a5 = acc_q8()
+    a6 = acc_q8()
+    a7 = acc_q8()
     x0 = xq[t]
     x1 = xq[t + 1]
     x2 = xq[t + 2]

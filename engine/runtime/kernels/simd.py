@@ -8,8 +8,8 @@ both run at a fraction of the shape below.  These intrinsics emit that shape dir
 vector IR, inlined into the calling ``@njit`` function:
 
 - :func:`acc16`: a zeroed 16-lane f32 accumulator on the stack (LLVM keeps it in a register);
-- :func:`dot_q8_block`: ``acc += f32(quads(q[qo:qo+32] · x[xo:xo+32])) · s`` in 8 lanes (the even
-  lanes of an :func:`acc16`), where lane ``i`` holds the exact integer sum of the four products
+- :func:`acc_q8`, :func:`dot_q8_block`: ``acc += f32(quads(q[qo:qo+32] · x[xo:xo+32])) · s`` in 8
+  lanes, where lane ``i`` holds the exact integer sum of the four products
   ``4i..4i+3`` (``pmaddwd``, then adjacent pairs added), the multiply-add fused (one rounding)
   where the CPU has FMA.  This is llama.cpp's own
   Q8_0 arithmetic on x86 (``ggml_vec_dot_q8_0_q8_0``'s AVX2 path and tinyBLAS's ``updot`` +
@@ -124,10 +124,61 @@ def acc16(typingctx):
     return types.CPointer(types.float32)(), codegen
 
 
-def _make_dot_q8_block(forced: str | None):
+def _q8_path(context, forced: str | None) -> str:
+    """The instruction path of the Q8_0 block product: VNNI (``vpdpbusd``: four products per
+    lane in one instruction), else the pair sums of :func:`_path` with adjacent pairs added."""
+    if forced is not None:
+        return forced
+    feats = _features(context)
+    if ("+avx512vnni" in feats and "+avx512vl" in feats) or "+avxvnni" in feats:
+        return "vnni"
+    return _path(context, None)
+
+
+def _quads_vnni(builder, qb: ir.Value, xb: ir.Value) -> ir.Value:
+    """<8 x i32> lane i = Σ q[4i..4i+3]·x[4i..4i+3] of two <32 x i8> blocks, llama.cpp's way:
+    ``vpdpbusd(0, |q|, sign(x, q))`` (exact: |q| ≤ 128 fits u8, and the activations, never -128,
+    change sign without overflow)."""
+    mod = builder.module
+    absf = cgutils.get_or_insert_function(
+        mod, ir.FunctionType(_V32I8, [_V32I8, ir.IntType(1)]), "llvm.abs.v32i8"
+    )
+    signf = cgutils.get_or_insert_function(
+        mod, ir.FunctionType(_V32I8, [_V32I8, _V32I8]), "llvm.x86.avx2.psign.b"
+    )
+    dpf = cgutils.get_or_insert_function(
+        mod, ir.FunctionType(_V8I32, [_V8I32, _V8I32, _V8I32]), "llvm.x86.avx512.vpdpbusd.256"
+    )
+    aq = builder.call(absf, [qb, ir.Constant(ir.IntType(1), 0)])
+    sx = builder.call(signf, [xb, qb])
+    zero = ir.Constant(_V8I32, None)
+    return builder.call(dpf, [zero, builder.bitcast(aq, _V8I32), builder.bitcast(sx, _V8I32)])
+
+
+def _fma_into(context, builder, accp, f: ir.Value, scale: ir.Value, n: int) -> None:
+    """``acc[0:n] = acc + f·s`` (fused where the CPU has FMA) for an n-lane f32 vector ``f``."""
+    vt = ir.VectorType(_F32, n)
+    sv = builder.insert_element(ir.Constant(vt, ir.Undefined), scale, ir.Constant(_I32, 0))
+    sv = builder.shuffle_vector(sv, sv, _mask([0] * n))
+    ap = builder.bitcast(accp, vt.as_pointer())
+    if _has_fma(context):  # one rounding: acc + f·s exactly, then rounded
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{n}f32"
+        )
+        builder.store(builder.call(fma, [f, sv, builder.load(ap)]), ap)
+    else:
+        builder.store(builder.fadd(builder.load(ap), builder.fmul(f, sv)), ap)
+
+
+def _make_q8(forced: str | None):
+    """(acc_q8, dot_q8_block, hsum_q8) for one instruction path (``None``: this CPU's best).  The 8 quad
+    lanes live in the first 8 lanes of the accumulator on the VNNI path and in its even lanes
+    otherwise (no cross-lane shuffle per block); each lane sees the same float operations, so
+    every path gives the same bits."""
+
     @intrinsic
     def dot_q8_block(typingctx, acc, q, qo, x, xo, s):
-        """``acc += f32(pair_sums(q[qo:qo+32], x[xo:xo+32])) * s`` (int8 blocks, f32 scale)."""
+        """``acc += f32(quads(q[qo:qo+32] · x[xo:xo+32])) · s`` (int8 blocks, f32 scale)."""
         if not (isinstance(q, types.Array) and q.dtype == types.int8 and q.ndim == 1):
             return None
         if not (isinstance(x, types.Array) and x.dtype == types.int8 and x.ndim == 1):
@@ -135,38 +186,55 @@ def _make_dot_q8_block(forced: str | None):
 
         def codegen(context, builder, signature, args):
             accp, qa, qoff, xa, xoff, scale = args
-            qp = _block_ptr(context, builder, signature.args[1], qa, qoff)
-            xp = _block_ptr(context, builder, signature.args[3], xa, xoff)
-            qv = builder.sext(builder.load(qp, align=1), _V32I16)
-            xv = builder.sext(builder.load(xp, align=1), _V32I16)
-            pairs = _pair_sums(builder, qv, xv, _path(context, forced))
+            qb = builder.load(_block_ptr(context, builder, signature.args[1], qa, qoff), align=1)
+            xb = builder.load(_block_ptr(context, builder, signature.args[3], xa, xoff), align=1)
+            path = _q8_path(context, forced)
+            if path == "vnni":
+                _fma_into(
+                    context, builder, accp, builder.sitofp(_quads_vnni(builder, qb, xb), _V8F), scale, 8
+                )
+                return context.get_dummy_value()
+            pairs = _pair_sums(builder, builder.sext(qb, _V32I16), builder.sext(xb, _V32I16), path)
             # quads in the even lanes: each 64-bit lane pair (p0, p1) + (p1, 0) = (p0 + p1, p1);
             # the odd lanes carry p1 along and are never read (see hsum_q8)
-            i64 = builder.bitcast(pairs, _V8I64)
-            hi = builder.bitcast(builder.lshr(i64, ir.Constant(_V8I64, [32] * 8)), _V16I32)
-            quads = builder.add(pairs, hi)
-            sv = builder.insert_element(ir.Constant(_V16F, ir.Undefined), scale, ir.Constant(_I32, 0))
-            sv = builder.shuffle_vector(sv, sv, _mask([0] * 16))
-            ap = builder.bitcast(accp, _V16F.as_pointer())
-            f = builder.sitofp(quads, _V16F)
-            if _has_fma(context):  # one rounding: acc + f·s exactly, then rounded
-                fma = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]), "llvm.fma.v16f32"
-                )
-                builder.store(builder.call(fma, [f, sv, builder.load(ap)]), ap)
-            else:
-                builder.store(builder.fadd(builder.load(ap), builder.fmul(f, sv)), ap)
+            hi = builder.lshr(builder.bitcast(pairs, _V8I64), ir.Constant(_V8I64, [32] * 8))
+            quads = builder.add(pairs, builder.bitcast(hi, _V16I32))
+            _fma_into(context, builder, accp, builder.sitofp(quads, _V16F), scale, 16)
             return context.get_dummy_value()
 
         return types.void(acc, q, qo, x, xo, types.float32), codegen
 
-    return dot_q8_block
+    @intrinsic
+    def hsum_q8(typingctx, acc):
+        """The 8 lanes that ``dot_q8_block`` accumulated in an ``acc_q8`` slot, summed as
+        llama.cpp's ``hsum_float_8``: (0-3 + 4-7), then (0-1 + 2-3), then 0 + 1."""
+
+        def codegen(context, builder, signature, args):
+            if _q8_path(context, forced) == "vnni":
+                return _hsum_f32(builder, builder.load(builder.bitcast(args[0], _V8F.as_pointer())), 8)
+            v = builder.load(builder.bitcast(args[0], _V16F.as_pointer()))
+            return _hsum_f32(builder, builder.shuffle_vector(v, v, _mask(range(0, 16, 2))), 8)
+
+        return types.float32(acc), codegen
+
+    @intrinsic
+    def acc_q8(typingctx):
+        """A zeroed accumulator for ``dot_q8_block``: 8 f32 lanes on the VNNI path, else 16."""
+
+        def codegen(context, builder, signature, args):
+            vt = _V8F if _q8_path(context, forced) == "vnni" else _V16F
+            slot = cgutils.alloca_once(builder, vt)
+            builder.store(ir.Constant(vt, None), slot)
+            return builder.bitcast(slot, _F32.as_pointer())
+
+        return types.CPointer(types.float32)(), codegen
+
+    return acc_q8, dot_q8_block, hsum_q8
 
 
-dot_q8_block = _make_dot_q8_block(None)
-# the portable paths, for tests that hold every path to the same bits
-dot_q8_block_avx2 = _make_dot_q8_block("avx2")
-dot_q8_block_generic = _make_dot_q8_block("generic")
+acc_q8, dot_q8_block, hsum_q8 = _make_q8(None)
+# the other paths, for tests that hold every path to the same bits
+Q8_PATHS = {p: _make_q8(p) for p in ("vnni", "avx512bw", "avx2", "generic")}
 
 
 def _hsum_f32(builder, v: ir.Value, n: int) -> ir.Value:
@@ -177,18 +245,6 @@ def _hsum_f32(builder, v: ir.Value, n: int) -> ir.Value:
         v = builder.fadd(lo, builder.shuffle_vector(v, v, _mask(range(h, n))))
         n = h
     return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
-@intrinsic
-def hsum_q8(typingctx, acc):
-    """The 8 lanes that :func:`dot_q8_block` accumulates (the even lanes of an :func:`acc16`
-    accumulator) summed as llama.cpp's ``hsum_float_8``: (0-3 + 4-7), then (0-1 + 2-3), then 0 + 1."""
-
-    def codegen(context, builder, signature, args):
-        v = builder.load(builder.bitcast(args[0], _V16F.as_pointer()))
-        return _hsum_f32(builder, builder.shuffle_vector(v, v, _mask(range(0, 16, 2))), 8)
-
-    return types.float32(acc), codegen
 
 
 @intrinsic
