@@ -43,6 +43,7 @@ from engine.errors import ModelError
 from engine.gguf import GGUFModel
 from engine.runtime.kernels import (
     QWeight,
+    SharedActivations,
     attention,
     dequantize_rows,
     fused,
@@ -107,10 +108,13 @@ def in_micro_batches(
     return logits[0] if len(logits) == 1 else np.concatenate(logits)
 
 
-def _mm(w: QWeight, x: np.ndarray) -> np.ndarray:
+def _mm(w: QWeight, x: np.ndarray | SharedActivations) -> np.ndarray:
     """``x @ W.T``: one token by the mat-vec kernels, several (prefill) by the token-tiled kernels,
-    which give the same numbers bit for bit (so prefill and decode logits agree exactly)."""
-    return matvec(w, x) if x.shape[0] == 1 else qgemm(w, x)
+    which give the same numbers bit for bit (so prefill and decode logits agree exactly).  ``x``
+    may be :class:`SharedActivations` (converted once for the weights reading the same input)."""
+    acts = x if isinstance(x, SharedActivations) else SharedActivations(x)
+    act, x = acts.for_weight(w), acts.x
+    return matvec(w, x, act=act) if x.shape[0] == 1 else qgemm(w, x, act=act)
 
 
 @dataclass(frozen=True)
@@ -537,7 +541,8 @@ class Decoder:
             if self.observer is not None:
                 for t in (MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V):
                     self._see(tensor_name(t, il), h)
-            q, k, v = _mm(L.wq, h), _mm(L.wk, h), _mm(L.wv, h)
+            hs = SharedActivations(h)
+            q, k, v = _mm(L.wq, hs), _mm(L.wk, hs), _mm(L.wv, hs)
         if L.bq is not None:
             q = q + L.bq
         if L.bk is not None:
@@ -595,7 +600,8 @@ class Decoder:
                 if self.observer is not None:
                     self._see(tensor_name(MT.FFN_GATE, il), h)
                     self._see(tensor_name(MT.FFN_UP, il), h)
-                f = swiglu(_mm(L.w_gate, h), _mm(L.w_up, h))
+                hs = SharedActivations(h)
+                f = swiglu(_mm(L.w_gate, hs), _mm(L.w_up, hs))
             self._see(tensor_name(MT.FFN_DOWN, il), f)
             x = _mm(L.w_down, f) + x
         self.cache.n_past = pos0 + n

@@ -40,6 +40,7 @@ from engine.models._common import (
 )
 from engine.runtime.kernels import (
     QWeight,
+    SharedActivations,
     attention,
     attention_kt,
     dequantize_rows,
@@ -154,12 +155,15 @@ def _norm(model: GGUFModel, name: str, n: int) -> np.ndarray:
     return a
 
 
-def _mm(w: QWeight, x: np.ndarray, limit: int | None = None) -> np.ndarray:
-    """One token: the mat-vec kernels; several (prefill): the token-tiled kernels (bit-identical)."""
+def _mm(w: QWeight, x: np.ndarray | SharedActivations, limit: int | None = None) -> np.ndarray:
+    """One token: the mat-vec kernels; several (prefill): the token-tiled kernels (bit-identical).
+    ``x`` may be :class:`SharedActivations` (converted once for the weights reading the same input)."""
+    acts = x if isinstance(x, SharedActivations) else SharedActivations(x)
+    act, x = acts.for_weight(w), acts.x
     limit = LAYER_INT_MAX_TOKENS if limit is None else limit
     if x.shape[0] > limit:
-        return matmul_dense(w, x)
-    return matvec(w, x) if x.shape[0] == 1 else qgemm(w, x)
+        return matmul_dense(w, x, act=act)
+    return matvec(w, x, act=act) if x.shape[0] == 1 else qgemm(w, x, act=act)
 
 
 class Gemma3:
@@ -315,9 +319,10 @@ class Gemma3:
             if self.observer is not None:
                 for t in ("attn_q", "attn_k", "attn_v"):
                     self._see(f"blk.{il}.{t}.weight", h)
-            q = _mm(L.wq, h).reshape(n, p.n_head, p.head_dim)
-            k = _mm(L.wk, h).reshape(n, p.n_head_kv, p.head_dim)
-            v = _mm(L.wv, h).reshape(n, p.n_head_kv, p.head_dim)
+            hs = SharedActivations(h)
+            q = _mm(L.wq, hs).reshape(n, p.n_head, p.head_dim)
+            k = _mm(L.wk, hs).reshape(n, p.n_head_kv, p.head_dim)
+            v = _mm(L.wv, hs).reshape(n, p.n_head_kv, p.head_dim)
             q = rmsnorm(q.reshape(-1, p.head_dim), L.q_norm, eps).reshape(q.shape)
             k = rmsnorm(k.reshape(-1, p.head_dim), L.k_norm, eps).reshape(k.shape)
             base, fscale = p.rope(il)
@@ -338,7 +343,8 @@ class Gemma3:
             if self.observer is not None:
                 self._see(f"blk.{il}.ffn_gate.weight", h)
                 self._see(f"blk.{il}.ffn_up.weight", h)
-            f = self._geglu(_mm(L.w_gate, h), _mm(L.w_up, h))
+            hs = SharedActivations(h)
+            f = self._geglu(_mm(L.w_gate, hs), _mm(L.w_up, hs))
             self._see(f"blk.{il}.ffn_down.weight", f)
             f = _mm(L.w_down, f)
             x = x + rmsnorm(f, L.post_ffw_norm, eps)

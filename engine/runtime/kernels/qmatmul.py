@@ -734,6 +734,22 @@ def quantize_act(w: QWeight, x: np.ndarray):
     return (x,)
 
 
+class SharedActivations:
+    """Activations ``x`` converted once per ``vec_dot_type`` and shared by every weight that
+    reads them (q/k/v, gate/up): :func:`quantize_act` is a pure function of the type and ``x``."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self._by_type: dict[str, tuple] = {}
+
+    def for_weight(self, w: QWeight) -> tuple:
+        vdt = VEC_DOT_TYPE[w.qtype]
+        act = self._by_type.get(vdt)
+        if act is None:
+            act = self._by_type[vdt] = quantize_act(w, self.x)
+        return act
+
+
 def act_float(act) -> np.ndarray:
     """The float activations (n, K) that :func:`quantize_act`'s result stands for."""
     return act[0] if len(act) == 1 else dequant_act(act[0], act[1])
