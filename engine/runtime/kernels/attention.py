@@ -34,9 +34,11 @@ def attention(q, k, v, slot_pos, qpos, window, round_f16):
     group = nh // nkv
     out = np.zeros((n, nh, d), np.float32)
     scores = np.empty((n * nh, ns), np.float32)
-    for i in prange(n * nh):
-        t = i // nh
-        h = i % nh
+    for item in prange(n * nh):
+        u = item // nh  # queries zig-zag (0, n-1, 1, ...): balanced causal work per thread
+        t = u // 2 if u % 2 == 0 else n - 1 - u // 2
+        h = item % nh
+        i = t * nh + h
         kh = h // group
         p = qpos[t]
         m = -np.inf
@@ -388,9 +390,13 @@ def attention_kt(q, kt, v, slot_pos, ns, qpos, window, round_f16):
     vf = v.reshape(v.size)
     out = np.zeros((n, nh, d), np.float32)
     scores = np.empty((n * nkv, group, ns + 16), np.float32)  # + 16: _scores_kt's last chunk
-    for i in prange(n * nkv):
-        t = i // nkv
-        kh = i % nkv
+    for item in prange(n * nkv):
+        # queries in the order 0, n-1, 1, n-2, ...: causal queries cost in proportion to their
+        # position, and prange hands each thread a contiguous range; this balances the ranges
+        u = item // nkv
+        t = u // 2 if u % 2 == 0 else n - 1 - u // 2
+        kh = item % nkv
+        i = t * nkv + kh
         p = qpos[t]
         lo = ns
         hi = 0
