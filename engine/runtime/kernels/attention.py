@@ -389,14 +389,12 @@ def attention_kt(q, kt, v, slot_pos, ns, qpos, window, round_f16):
     ktf = kt.reshape(kt.size)
     vf = v.reshape(v.size)
     out = np.zeros((n, nh, d), np.float32)
-    scores = np.empty((n * nkv, group, ns + 16), np.float32)  # + 16: _scores_kt's last chunk
     for item in prange(n * nkv):
         # queries in the order 0, n-1, 1, n-2, ...: causal queries cost in proportion to their
         # position, and prange hands each thread a contiguous range; this balances the ranges
         u = item // nkv
         t = u // 2 if u % 2 == 0 else n - 1 - u // 2
         kh = item % nkv
-        i = t * nkv + kh
         p = qpos[t]
         lo = ns
         hi = 0
@@ -405,7 +403,7 @@ def attention_kt(q, kt, v, slot_pos, ns, qpos, window, round_f16):
             if sp >= 0 and sp <= p and (window <= 0 or p - sp < window):
                 lo = min(lo, s)
                 hi = s + 1
-        sc = scores[i]
+        sc = np.empty((group, ns + 16), np.float32)  # + 16: _scores_kt's last chunk
         g4 = group // 4 * 4
         for g in range(0, g4, 4):
             _scores_kt4(q[t], kh * group + g, ktf, kh * d * nslot, nslot, lo, hi, sc, g)
