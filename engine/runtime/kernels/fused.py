@@ -29,6 +29,7 @@ from numba import njit, prange
 
 from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
 from engine.runtime.kernels._config import KERNEL
+from engine.runtime.kernels.fmath import fma32
 
 GELU_COEF_A = np.float32(0.044715)
 SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
@@ -278,14 +279,14 @@ def qk_rope_cache(
                 o = hh * d
                 x0 = q[o + i]
                 x1 = q[o + i + half]
-                q[o + i] = x0 * c - x1 * sn
-                q[o + i + half] = x0 * sn + x1 * c
+                q[o + i] = fma32(x0, c, -(x1 * sn))
+                q[o + i + half] = fma32(x0, sn, x1 * c)
             for hh in range(nkv):
                 o = hh * d
                 x0 = k[o + i]
                 x1 = k[o + i + half]
-                k[o + i] = x0 * c - x1 * sn
-                k[o + i + half] = x0 * sn + x1 * c
+                k[o + i] = fma32(x0, c, -(x1 * sn))
+                k[o + i + half] = fma32(x0, sn, x1 * c)
             theta = np.float32(theta * theta_scale)
     else:
         theta_scale = np.float32(math.pow(np.float32(base), np.float32(-2.0) / np.float32(n_rot)))
@@ -306,14 +307,14 @@ def qk_rope_cache(
                 o = hh * d
                 x0 = q[o + i0]
                 x1 = q[o + i1]
-                q[o + i0] = x0 * c - x1 * sn
-                q[o + i1] = x0 * sn + x1 * c
+                q[o + i0] = fma32(x0, c, -(x1 * sn))
+                q[o + i1] = fma32(x0, sn, x1 * c)
             for hh in range(nkv):
                 o = hh * d
                 x0 = k[o + i0]
                 x1 = k[o + i1]
-                k[o + i0] = x0 * c - x1 * sn
-                k[o + i1] = x0 * sn + x1 * c
+                k[o + i0] = fma32(x0, c, -(x1 * sn))
+                k[o + i1] = fma32(x0, sn, x1 * c)
             theta = np.float32(theta * theta_scale)
     for hh in range(nh):
         for i in range(d):

@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
 from engine.runtime.kernels._config import KERNEL
+from engine.runtime.kernels.fmath import fma32, fma32_ref
 
 GELU_COEF_A = np.float32(0.044715)
 SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
@@ -52,7 +53,10 @@ def rmsnorm_ref(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 @njit(**KERNEL, parallel=True)
 def rope_neox(x, positions, base, freq_scale):
-    """Rotate x (n, heads, d) in place, NEOX mode (pairs i, i + d/2), ggml's angle recurrence."""
+    """Rotate x (n, heads, d) in place, NEOX mode (pairs i, i + d/2), ggml's angle recurrence and its
+    rotation as llama.cpp's build computes it: ``fma(x0, c, -(x1·s))``, ``fma(x0, s, x1·c)`` (its C++ is
+    compiled with floating-point contraction; checked against its tensors by
+    ``scripts/debug_llama_ops.py``)."""
     n, nh, d = x.shape
     half = d // 2
     theta_scale = np.float32(math.pow(np.float32(base), np.float32(-2.0) / np.float32(d)))
@@ -65,8 +69,8 @@ def rope_neox(x, positions, base, freq_scale):
             for h in range(nh):
                 x0 = x[t, h, i]
                 x1 = x[t, h, i + half]
-                x[t, h, i] = x0 * c - x1 * s
-                x[t, h, i + half] = x0 * s + x1 * c
+                x[t, h, i] = fma32(x0, c, -(x1 * s))  # llama.cpp's contracted x0·c - x1·s
+                x[t, h, i + half] = fma32(x0, s, x1 * c)
             theta = np.float32(theta * theta_scale)
     return x
 
@@ -88,8 +92,8 @@ def rope_neox_ref(x: np.ndarray, positions: np.ndarray, base: float, freq_scale:
     x1 = x[:, :, half:].copy()
     c = cos[:, None, :]
     s = sin[:, None, :]
-    x[:, :, :half] = x0 * c - x1 * s
-    x[:, :, half:] = x0 * s + x1 * c
+    x[:, :, :half] = fma32_ref(x0, c, -(x1 * s))
+    x[:, :, half:] = fma32_ref(x0, s, x1 * c)
     return x
 
 
@@ -124,8 +128,8 @@ def rope(x, positions, n_rot, base, freq_scale, freq_factors, mscale, neox):
             for h in range(nh):
                 x0 = x[t, h, i0]
                 x1 = x[t, h, i1]
-                x[t, h, i0] = x0 * c - x1 * s
-                x[t, h, i1] = x0 * s + x1 * c
+                x[t, h, i0] = fma32(x0, c, -(x1 * s))  # llama.cpp's contracted x0·c - x1·s
+                x[t, h, i1] = fma32(x0, s, x1 * c)
             theta = np.float32(theta * theta_scale)
     return x
 
@@ -163,8 +167,8 @@ def rope_ref(
     x1 = x[:, :, i1].copy()
     c = cos[:, None, :]
     s = sin[:, None, :]
-    x[:, :, i0] = x0 * c - x1 * s
-    x[:, :, i1] = x0 * s + x1 * c
+    x[:, :, i0] = fma32_ref(x0, c, -(x1 * s))
+    x[:, :, i1] = fma32_ref(x0, s, x1 * c)
     return x
 
 
