@@ -289,3 +289,19 @@ def test_kv_cache_with_transposed_keys_keeps_them_once():
     assert np.array_equal(c.kt[1][:, :, :2], np.transpose(k, (1, 2, 0))) and np.array_equal(c.v[1][:2], -k)
     with pytest.raises(ModelError, match="transposed"):
         c.view(1, 2)
+
+
+# sha256 of llama.cpp's ggml_table_gelu_f16 (65,536 fp16 values), read from llama-cpp-python 0.3.36's
+# libggml-cpu.so after ggml_cpu_init() (ctypes: (c_uint16 * 65536).in_dll(lib, "ggml_table_gelu_f16")).
+LLAMA_GELU_F16_TABLE_SHA256 = "5eceda6f287dec9dc0bcfa24516d6744a031a5c52d1984688b4558aeb1daf909"
+
+
+def test_gelu_table_is_llama_cpps_bit_for_bit():
+    """The fp16 GELU table (prefill geglu_lut and the fused decode GELU) is llama.cpp's own: f32
+    tanhf and llama.cpp's contracted 1 + (A·x)·x; the f64 tanh of before differed in 269 entries."""
+    import hashlib
+
+    from engine.runtime.kernels.fused import gelu_f16_table
+
+    table = gelu_f16_table().astype(np.float16)
+    assert hashlib.sha256(table.tobytes()).hexdigest() == LLAMA_GELU_F16_TABLE_SHA256

@@ -30,9 +30,7 @@ from numba import njit, prange
 from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
 from engine.runtime.kernels._config import KERNEL
 from engine.runtime.kernels.fmath import fma32
-
-GELU_COEF_A = np.float32(0.044715)
-SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
+from engine.runtime.kernels.ops import _gelu1
 
 # which activation formats a fused kernel writes (bit flags)
 ACT_F32 = 1  # h
@@ -166,13 +164,6 @@ def embed_q8_0(qs, d, row, scale, out):
 
 
 # ---------------------------------------------------------------------------- gating
-
-
-@njit(**KERNEL, inline="always")
-def _gelu1(v):
-    return np.float32(
-        np.float32(0.5) * v * (np.float32(1.0) + math.tanh(SQRT_2_OVER_PI * v * (1 + GELU_COEF_A * v * v)))
-    )
 
 
 @njit(**KERNEL)

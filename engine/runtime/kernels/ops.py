@@ -177,9 +177,12 @@ def rope_ref(
 
 @njit(**KERNEL, inline="always")
 def _gelu1(v):
-    return np.float32(
-        np.float32(0.5) * v * (np.float32(1.0) + math.tanh(SQRT_2_OVER_PI * v * (1 + GELU_COEF_A * v * v)))
-    )
+    """ggml_gelu_f32 as llama.cpp's build computes it: in f32 (tanhf), with the contraction
+    ``1 + (A·x)·x -> fma(A·x, x, 1)``; its fp16 table (ggml_table_gelu_f16) is reproduced exactly
+    (tests/test_kernels.py)."""
+    inner = fma32(np.float32(GELU_COEF_A * v), v, np.float32(1.0))
+    t = np.float32(math.tanh(np.float32(np.float32(SQRT_2_OVER_PI * v) * inner)))
+    return np.float32(np.float32(np.float32(0.5) * v) * np.float32(np.float32(1.0) + t))
 
 
 @njit(**KERNEL, parallel=True)
@@ -229,8 +232,10 @@ def geglu_ref(gate: np.ndarray, up: np.ndarray, fp16_table: bool) -> np.ndarray:
 
     def gelu(v: np.ndarray) -> np.ndarray:
         v = v.astype(np.float32)
-        inner = (SQRT_2_OVER_PI * v * (1 + GELU_COEF_A * v * v)).astype(np.float32)
-        return (np.float32(0.5) * v * (1 + np.tanh(inner))).astype(np.float32)
+        inner = fma32_ref(GELU_COEF_A * v, v, np.float32(1.0))
+        arg = ((SQRT_2_OVER_PI * v).astype(np.float32) * inner).astype(np.float32)
+        t = np.tanh(arg.astype(np.float64)).astype(np.float32)  # tanhf: correctly rounded here
+        return ((np.float32(0.5) * v).astype(np.float32) * (np.float32(1.0) + t)).astype(np.float32)
 
     if fp16_table:
         y = gelu(g.astype(np.float16).astype(np.float32)).astype(np.float16).astype(np.float32)
