@@ -334,3 +334,32 @@ def test_q8_0_matvec_is_llama_cpp_bit_for_bit():
     w = repack(raw, IDS["Q8_0"], raw.shape[0], x.shape[1])
     got = matvec(w, x)
     np.testing.assert_array_equal(got.view(np.uint32), fx["dot"].view(np.uint32))
+
+
+@pytest.mark.skipif(
+    not __import__("engine.runtime.kernels.simd", fromlist=["has_fma"]).has_fma(), reason="no FMA"
+)
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K"])
+def test_kquant_matvec_is_llama_cpp_bit_for_bit(name):
+    """Q4_K, Q5_K and Q6_K run llama.cpp's own x86 arithmetic (8 lanes of scaled 4-product integer
+    sums per block, fused multiply-add into 8 f32 lanes, Q4_K's mins in 4 more lanes, Q5_K's in a
+    fused scalar, Q6_K's -32 through the block sums, hsum_float_8; engine.runtime.kernels.simd):
+    its dispatched vec_dot bit for bit, and so is prefill (qgemm) for any token count."""
+    from engine.runtime.kernels.qgemm import qgemm
+
+    fx = _fixture(name)
+    raw, x = fx["raw"], fx["x"]
+    w = repack(raw, IDS[name], raw.shape[0], x.shape[1])
+    np.testing.assert_array_equal(matvec(w, x).view(np.uint32), fx["dot"].view(np.uint32))
+    # with llama.cpp's activation codes (Q8_K blocks: f32 d, 256 int8 codes, 16 int16 block sums)
+    blocks = fx["act"].reshape(len(x), -1, 292)
+    act = (
+        np.ascontiguousarray(blocks[:, :, 4:260]).view(np.int8).reshape(len(x), -1),
+        np.ascontiguousarray(blocks[:, :, :4]).view(np.float32).reshape(len(x), -1),
+        np.ascontiguousarray(blocks[:, :, 260:]).view(np.int16).reshape(len(x), -1).astype(np.int32),
+    )
+    np.testing.assert_array_equal(matvec(w, x, act=act).view(np.uint32), fx["dot"].view(np.uint32))
+    for n in (1, 5, 9):  # the tokens repeated: one-token and 2 x 4 tiles of the kernel
+        xs = np.resize(x, (n, x.shape[1]))
+        got = qgemm(w, xs)
+        np.testing.assert_array_equal(got.view(np.uint32), np.resize(fx["dot"], got.shape).view(np.uint32))

@@ -444,7 +444,7 @@ def matvec_call(w, buf: ActBuffers, out: np.ndarray):
         return qm._mv_qk, (*f[:5], f[5], True, buf.qk2, buf.dk2, buf.bk2, out)
     if name == "Q6_K":
         buf.flags |= ACT_Q8_K
-        return qm._mv_q6_k, (*f[:4], buf.qk2, buf.dk2, out)
+        return qm._mv_q6_k, (*f[:4], buf.qk2, buf.dk2, buf.bk2, out)
 
     def generic(w=w, h2=buf.h2, out=out):
         qm.matvec(w, h2, out=out)

@@ -36,7 +36,25 @@ from engine.runtime.kernels.actquant import (
     round_bf16,
     round_f16,
 )
-from engine.runtime.kernels.simd import acc_q8, dot_q8_block, hsum_q8
+from engine.runtime.kernels.simd import (
+    acc8,
+    acc16,
+    acc_q8,
+    dot_q8_block,
+    fmadd32,
+    hsum4,
+    hsum8,
+    hsum_q8,
+    kq_mins4,
+    kq_mins4x2,
+    kq_minsum,
+    q4k_block,
+    q4k_block2,
+    q5k_block,
+    q5k_block2,
+    q6k_block,
+    q6k_block2,
+)
 
 # ggml type ids -> (name, block elements, block bytes)
 QTYPES: dict[int, tuple[str, int, int]] = {
@@ -642,77 +660,191 @@ def _mv_q4_0(qs, d, xq, xd, out):
             out[t, r] = acc
 
 
+# K-quants: llama.cpp's x86 arithmetic (engine.runtime.kernels.simd, K-quant section) for every
+# (token, row), whatever the token count: 2 rows x 4 tokens per pass (each row block unpacked once
+# for 4 tokens, each token block loaded once for 2 rows), the rest one (row, token) at a time.
+_KQ_ROWS = 16  # rows per thread task
+_KQ_TOKENS = 64  # tokens per pass over a task's rows (their activations stay in cache)
+
+
+@njit(**KERNEL)
+def _q4k_dot1(qs, sc, mn, d, dmin, xq, xd, xb):
+    """One Q4_K row · one Q8_K activation row (codes ``xq``, scales ``xd``, block sums ``xb``),
+    llama.cpp's ``ggml_vec_dot_q4_K_q8_K`` (x86) bit for bit."""
+    a = acc8()
+    m = acc8()
+    for b in range(d.shape[0]):
+        q4k_block(a, qs, b * 128, sc, b * 8, xq, b * 256, xd[b] * d[b])
+        kq_mins4(m, mn, b * 8, xb, b * 16, -xd[b] * dmin[b])
+    return hsum8(a, 0) + hsum4(m, 0)
+
+
+@njit(**KERNEL)
+def _q5k_dot1(qs, qh, sc, mn, d, dmin, xq, xd, xb):
+    """One Q5_K row · one Q8_K activation row, llama.cpp's ``ggml_vec_dot_q5_K_q8_K`` (x86)."""
+    a = acc8()
+    summs = np.float32(0.0)
+    for b in range(d.shape[0]):
+        q5k_block(a, qs, b * 128, qh, b * 32, sc, b * 8, xq, b * 256, xd[b] * d[b])
+        summs = fmadd32(-xd[b] * dmin[b], np.float32(kq_minsum(mn, b * 8, xb, b * 16)), summs)
+    return hsum8(a, 0) + summs
+
+
+@njit(**KERNEL)
+def _q6k_dot1(ql, qh, sc, d, xq, xd, xb):
+    """One Q6_K row · one Q8_K activation row, llama.cpp's ``ggml_vec_dot_q6_K_q8_K`` (x86)."""
+    a = acc8()
+    for b in range(d.shape[0]):
+        q6k_block(a, ql, b * 128, qh, b * 64, sc, b * 16, xq, b * 256, xb, b * 16, xd[b] * d[b])
+    return hsum8(a, 0)
+
+
+@njit(**KERNEL)
+def _q4k_dot2x4(qs, sc, mn, d, dmin, r, xq, xd, xb, t, res):
+    """:func:`_q4k_dot1` for rows ``r, r+1`` × tokens ``t..t+3`` into ``res`` (row-major 2 × 4);
+    two tokens share each 16-lane accumulator (the same lanes, side by side)."""
+    q0, q1, s0, s1, m0, m1 = qs[r], qs[r + 1], sc[r], sc[r + 1], mn[r], mn[r + 1]
+    d0, d1, n0, n1 = d[r], d[r + 1], dmin[r], dmin[r + 1]
+    a0, a1, a2, a3 = acc16(), acc16(), acc16(), acc16()
+    c0, c1, c2, c3 = acc8(), acc8(), acc8(), acc8()
+    x0, x1, x2, x3 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3]
+    e0, e1, e2, e3 = xd[t], xd[t + 1], xd[t + 2], xd[t + 3]
+    b0, b1, b2, b3 = xb[t], xb[t + 1], xb[t + 2], xb[t + 3]
+    for b in range(d0.shape[0]):
+        o, so, xo, bo = b * 128, b * 8, b * 256, b * 16
+        f0, f1, g0, g1 = d0[b], d1[b], n0[b], n1[b]
+        q4k_block2(a0, q0, o, s0, so, x0, x1, xo, e0[b] * f0, e1[b] * f0)
+        q4k_block2(a1, q0, o, s0, so, x2, x3, xo, e2[b] * f0, e3[b] * f0)
+        q4k_block2(a2, q1, o, s1, so, x0, x1, xo, e0[b] * f1, e1[b] * f1)
+        q4k_block2(a3, q1, o, s1, so, x2, x3, xo, e2[b] * f1, e3[b] * f1)
+        kq_mins4x2(c0, m0, so, b0, b1, bo, -e0[b] * g0, -e1[b] * g0)
+        kq_mins4x2(c1, m0, so, b2, b3, bo, -e2[b] * g0, -e3[b] * g0)
+        kq_mins4x2(c2, m1, so, b0, b1, bo, -e0[b] * g1, -e1[b] * g1)
+        kq_mins4x2(c3, m1, so, b2, b3, bo, -e2[b] * g1, -e3[b] * g1)
+    res[0] = hsum8(a0, 0) + hsum4(c0, 0)
+    res[1] = hsum8(a0, 8) + hsum4(c0, 4)
+    res[2] = hsum8(a1, 0) + hsum4(c1, 0)
+    res[3] = hsum8(a1, 8) + hsum4(c1, 4)
+    res[4] = hsum8(a2, 0) + hsum4(c2, 0)
+    res[5] = hsum8(a2, 8) + hsum4(c2, 4)
+    res[6] = hsum8(a3, 0) + hsum4(c3, 0)
+    res[7] = hsum8(a3, 8) + hsum4(c3, 4)
+
+
+@njit(**KERNEL)
+def _q5k_dot2x4(qs, qh, sc, mn, d, dmin, r, xq, xd, xb, t, res):
+    """:func:`_q5k_dot1` for rows ``r, r+1`` × tokens ``t..t+3`` (as :func:`_q4k_dot2x4`)."""
+    q0, q1, h0, h1, s0, s1, m0, m1 = qs[r], qs[r + 1], qh[r], qh[r + 1], sc[r], sc[r + 1], mn[r], mn[r + 1]
+    d0, d1, n0, n1 = d[r], d[r + 1], dmin[r], dmin[r + 1]
+    a0, a1, a2, a3 = acc16(), acc16(), acc16(), acc16()
+    x0, x1, x2, x3 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3]
+    e0, e1, e2, e3 = xd[t], xd[t + 1], xd[t + 2], xd[t + 3]
+    b0, b1, b2, b3 = xb[t], xb[t + 1], xb[t + 2], xb[t + 3]
+    z = np.float32(0.0)
+    u0, u1, u2, u3, u4, u5, u6, u7 = z, z, z, z, z, z, z, z
+    for b in range(d0.shape[0]):
+        o, ho, so, xo, bo = b * 128, b * 32, b * 8, b * 256, b * 16
+        f0, f1, g0, g1 = d0[b], d1[b], n0[b], n1[b]
+        q5k_block2(a0, q0, o, h0, ho, s0, so, x0, x1, xo, e0[b] * f0, e1[b] * f0)
+        q5k_block2(a1, q0, o, h0, ho, s0, so, x2, x3, xo, e2[b] * f0, e3[b] * f0)
+        q5k_block2(a2, q1, o, h1, ho, s1, so, x0, x1, xo, e0[b] * f1, e1[b] * f1)
+        q5k_block2(a3, q1, o, h1, ho, s1, so, x2, x3, xo, e2[b] * f1, e3[b] * f1)
+        u0 = fmadd32(-e0[b] * g0, np.float32(kq_minsum(m0, so, b0, bo)), u0)
+        u1 = fmadd32(-e1[b] * g0, np.float32(kq_minsum(m0, so, b1, bo)), u1)
+        u2 = fmadd32(-e2[b] * g0, np.float32(kq_minsum(m0, so, b2, bo)), u2)
+        u3 = fmadd32(-e3[b] * g0, np.float32(kq_minsum(m0, so, b3, bo)), u3)
+        u4 = fmadd32(-e0[b] * g1, np.float32(kq_minsum(m1, so, b0, bo)), u4)
+        u5 = fmadd32(-e1[b] * g1, np.float32(kq_minsum(m1, so, b1, bo)), u5)
+        u6 = fmadd32(-e2[b] * g1, np.float32(kq_minsum(m1, so, b2, bo)), u6)
+        u7 = fmadd32(-e3[b] * g1, np.float32(kq_minsum(m1, so, b3, bo)), u7)
+    res[0] = hsum8(a0, 0) + u0
+    res[1] = hsum8(a0, 8) + u1
+    res[2] = hsum8(a1, 0) + u2
+    res[3] = hsum8(a1, 8) + u3
+    res[4] = hsum8(a2, 0) + u4
+    res[5] = hsum8(a2, 8) + u5
+    res[6] = hsum8(a3, 0) + u6
+    res[7] = hsum8(a3, 8) + u7
+
+
+@njit(**KERNEL)
+def _q6k_dot2x4(ql, qh, sc, d, r, xq, xd, xb, t, res):
+    """:func:`_q6k_dot1` for rows ``r, r+1`` × tokens ``t..t+3`` (as :func:`_q4k_dot2x4`)."""
+    l0, l1, h0, h1, s0, s1, d0, d1 = ql[r], ql[r + 1], qh[r], qh[r + 1], sc[r], sc[r + 1], d[r], d[r + 1]
+    a0, a1, a2, a3 = acc16(), acc16(), acc16(), acc16()
+    x0, x1, x2, x3 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3]
+    e0, e1, e2, e3 = xd[t], xd[t + 1], xd[t + 2], xd[t + 3]
+    b0, b1, b2, b3 = xb[t], xb[t + 1], xb[t + 2], xb[t + 3]
+    for b in range(d0.shape[0]):
+        o, ho, so, xo = b * 128, b * 64, b * 16, b * 256
+        f0, f1 = d0[b], d1[b]
+        q6k_block2(a0, l0, o, h0, ho, s0, so, x0, x1, xo, b0, b1, so, e0[b] * f0, e1[b] * f0)
+        q6k_block2(a1, l0, o, h0, ho, s0, so, x2, x3, xo, b2, b3, so, e2[b] * f0, e3[b] * f0)
+        q6k_block2(a2, l1, o, h1, ho, s1, so, x0, x1, xo, b0, b1, so, e0[b] * f1, e1[b] * f1)
+        q6k_block2(a3, l1, o, h1, ho, s1, so, x2, x3, xo, b2, b3, so, e2[b] * f1, e3[b] * f1)
+    res[0] = hsum8(a0, 0)
+    res[1] = hsum8(a0, 8)
+    res[2] = hsum8(a1, 0)
+    res[3] = hsum8(a1, 8)
+    res[4] = hsum8(a2, 0)
+    res[5] = hsum8(a2, 8)
+    res[6] = hsum8(a3, 0)
+    res[7] = hsum8(a3, 8)
+
+
 @njit(**KERNEL, parallel=True)
 def _mv_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
+    """Q4_K (``has_qh`` False) / Q5_K rows · Q8_K activations (codes ``xq`` (n, K), scales ``xd``
+    (n, K/256), block sums ``xbs`` (n, K/16) int32): :func:`_q4k_dot1` / :func:`_q5k_dot1` for
+    every (token, row), two rows × four tokens at a time."""
     rows = qs.shape[0]
-    nb = d.shape[1]
     n = xq.shape[0]
-    for r in prange(rows):
-        for t in range(n):
-            acc = np.float32(0.0)
-            for b in range(nb):
-                sumi = np.int32(0)
-                for c in range(4):
-                    slo = np.int32(0)
-                    shi = np.int32(0)
-                    o = b * 256 + 64 * c
-                    for li in range(32):
-                        v = np.int32(qs[r, b * 128 + 32 * c + li])
-                        lo = v & 15
-                        hi = v >> 4
-                        if has_qh:
-                            hb = np.int32(qh[r, b * 32 + li])
-                            lo |= ((hb >> (2 * c)) & 1) << 4
-                            hi |= ((hb >> (2 * c + 1)) & 1) << 4
-                        slo = np.int32(slo + lo * np.int32(xq[t, o + li]))
-                        shi = np.int32(shi + hi * np.int32(xq[t, o + 32 + li]))
-                    sumi += np.int32(sc[r, b * 8 + 2 * c]) * slo + np.int32(sc[r, b * 8 + 2 * c + 1]) * shi
-                summ = np.int32(0)
-                for s in range(8):
-                    summ += np.int32(mn[r, b * 8 + s]) * (xbs[t, b * 16 + 2 * s] + xbs[t, b * 16 + 2 * s + 1])
-                acc += xd[t, b] * (d[r, b] * np.float32(sumi) - dmin[r, b] * np.float32(summ))
-            out[t, r] = acc
+    n4 = n - n % 4
+    for c in prange((rows + _KQ_ROWS - 1) // _KQ_ROWS):
+        res = np.empty(8, np.float32)
+        r0 = c * _KQ_ROWS
+        r1 = min(rows, r0 + _KQ_ROWS)
+        r2 = r0 + (r1 - r0) // 2 * 2  # rows r0..r2 in pairs
+        for t0 in range(0, n4, _KQ_TOKENS):
+            for r in range(r0, r2, 2):
+                for t in range(t0, min(t0 + _KQ_TOKENS, n4), 4):
+                    if has_qh:
+                        _q5k_dot2x4(qs, qh, sc, mn, d, dmin, r, xq, xd, xbs, t, res)
+                    else:
+                        _q4k_dot2x4(qs, sc, mn, d, dmin, r, xq, xd, xbs, t, res)
+                    for i in range(4):
+                        out[t + i, r] = res[i]
+                        out[t + i, r + 1] = res[4 + i]
+        for r in range(r0, r1):
+            for t in range(n4 if r < r2 else 0, n):
+                if has_qh:
+                    out[t, r] = _q5k_dot1(qs[r], qh[r], sc[r], mn[r], d[r], dmin[r], xq[t], xd[t], xbs[t])
+                else:
+                    out[t, r] = _q4k_dot1(qs[r], sc[r], mn[r], d[r], dmin[r], xq[t], xd[t], xbs[t])
 
 
 @njit(**KERNEL, parallel=True)
-def _mv_q6_k(ql, qh, sc, d, xq, xd, out):
+def _mv_q6_k(ql, qh, sc, d, xq, xd, xbs, out):
+    """Q6_K rows · Q8_K activations (as :func:`_mv_qk`): :func:`_q6k_dot1` for every (token,
+    row), two rows × four tokens at a time."""
     rows = ql.shape[0]
-    nb = d.shape[1]
     n = xq.shape[0]
-    for r in prange(rows):
-        for t in range(n):
-            acc = np.float32(0.0)
-            for b in range(nb):
-                sumi = np.int32(0)
-                for h in range(2):
-                    for g in range(2):
-                        s1 = np.int32(0)
-                        s2 = np.int32(0)
-                        s3 = np.int32(0)
-                        s4 = np.int32(0)
-                        e = b * 256 + 128 * h + 16 * g
-                        for m in range(16):
-                            li = 16 * g + m
-                            a = np.int32(ql[r, b * 128 + 64 * h + li])
-                            a2 = np.int32(ql[r, b * 128 + 64 * h + 32 + li])
-                            hb = np.int32(qh[r, b * 64 + 32 * h + li])
-                            q1 = ((a & 15) | ((hb & 3) << 4)) - 32
-                            q2 = ((a2 & 15) | (((hb >> 2) & 3) << 4)) - 32
-                            q3 = ((a >> 4) | (((hb >> 4) & 3) << 4)) - 32
-                            q4 = ((a2 >> 4) | (((hb >> 6) & 3) << 4)) - 32
-                            s1 = np.int32(s1 + q1 * np.int32(xq[t, e + m]))
-                            s2 = np.int32(s2 + q2 * np.int32(xq[t, e + 32 + m]))
-                            s3 = np.int32(s3 + q3 * np.int32(xq[t, e + 64 + m]))
-                            s4 = np.int32(s4 + q4 * np.int32(xq[t, e + 96 + m]))
-                        s = b * 16 + 8 * h + g
-                        sumi += (
-                            np.int32(sc[r, s]) * s1
-                            + np.int32(sc[r, s + 2]) * s2
-                            + np.int32(sc[r, s + 4]) * s3
-                            + np.int32(sc[r, s + 6]) * s4
-                        )
-                acc += xd[t, b] * d[r, b] * np.float32(sumi)
-            out[t, r] = acc
+    n4 = n - n % 4
+    for c in prange((rows + _KQ_ROWS - 1) // _KQ_ROWS):
+        res = np.empty(8, np.float32)
+        r0 = c * _KQ_ROWS
+        r1 = min(rows, r0 + _KQ_ROWS)
+        r2 = r0 + (r1 - r0) // 2 * 2
+        for t0 in range(0, n4, _KQ_TOKENS):
+            for r in range(r0, r2, 2):
+                for t in range(t0, min(t0 + _KQ_TOKENS, n4), 4):
+                    _q6k_dot2x4(ql, qh, sc, d, r, xq, xd, xbs, t, res)
+                    for i in range(4):
+                        out[t + i, r] = res[i]
+                        out[t + i, r + 1] = res[4 + i]
+        for r in range(r0, r1):
+            for t in range(n4 if r < r2 else 0, n):
+                out[t, r] = _q6k_dot1(ql[r], qh[r], sc[r], d[r], xq[t], xd[t], xbs[t])
 
 
 def quantize_act(w: QWeight, x: np.ndarray):
@@ -774,7 +906,7 @@ def matvec(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) -
     elif name == "Q5_K":
         _mv_qk(f[0], f[1], f[2], f[3], f[4], f[5], True, act[0], act[1], act[2], out)
     elif name == "Q6_K":
-        _mv_q6_k(f[0], f[1], f[2], f[3], act[0], act[1], out)
+        _mv_q6_k(f[0], f[1], f[2], f[3], act[0], act[1], act[2], out)
     elif name == "F32":
         qk.mv_f32(f[0], act[0], out)
     elif name in ("IQ4_NL", "MXFP4"):

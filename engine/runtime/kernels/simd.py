@@ -18,7 +18,10 @@ vector IR, inlined into the calling ``@njit`` function:
 - :func:`hsum_q8` / :func:`hsum16`: the lanes summed as a fixed tree (:func:`hsum_q8`: 4 + 4, 2 + 2,
   1 + 1 over the 8 lanes of :func:`dot_q8_block`, llama.cpp's ``hsum_float_8``);
 - :func:`axpy16`, :func:`load16`, :func:`store16`: 16-lane f32 ``acc += x·s``, loads and stores;
-- :func:`dot_i16_i8`, :func:`dot_i16x16`: exact int32 dot products through ``pmaddwd``.
+- :func:`dot_i16_i8`, :func:`dot_i16x16`: exact int32 dot products through ``pmaddwd``;
+- :func:`q4k_block`, :func:`q5k_block`, :func:`q6k_block` (and their two-token forms),
+  :func:`kq_mins4`, :func:`kq_minsum`, :func:`acc8`, :func:`hsum8`, :func:`hsum4`, :func:`fmadd32`:
+  llama.cpp's x86 K-quant × Q8_K arithmetic (see the K-quant section below).
 
 Every value is defined by that arithmetic, not by the instruction set: with AVX-512BW the pair
 sums are one ``vpmaddwd`` on a zmm register, with AVX2 two on ymm registers, otherwise generic
@@ -387,3 +390,485 @@ def dot_i16x16(typingctx, a, ao, b, bo):
         return _hsum_i32(builder, s, 8)
 
     return types.int32(a, ao, b, bo), codegen
+
+
+# ============================================================================ K-quants × Q8_K
+#
+# llama.cpp's x86 ``ggml_vec_dot_{q4,q5,q6}_K_q8_K`` (the AVX2 paths, which its AVX-512 builds
+# run too), lane for lane.  Per 256-element block, 8 int32 lanes: lane k sums, over the block's
+# eight 32-element chunks, the four products 4k..4k+3 of the unsigned codes with the Q8_K codes
+# (``pmaddubsw``) times their sub-block scale (``pmaddwd``); Q6_K's codes are unsigned 0..63 and
+# its -32 offset comes off each lane as ``32·(bs[2k]·sc[2k] + bs[2k+1]·sc[2k+1])`` from the
+# activations' block sums.  Then ``acc = fma(d_x·d_w, f32(lanes), acc)`` in 8 f32 lanes kept
+# across blocks, ``hsum_float_8`` at the end.  Q4_K's mins go into 4 more lanes
+# (``acc_m = fma(-d_x·dmin, f32(m·bsum pairs), acc_m)``, summed (0 + 2) + (1 + 3) and added last);
+# Q5_K's into a scalar, ``summs = fma(-d_x·dmin, f32(Σ m·bsum), summs)`` (C compilers contract
+# llama.cpp's ``summs += dmin * sum`` where the CPU has FMA).  The integer lanes are exact on every
+# path (the int16 pair sums are at most 2·63·128), so the paths give the same bits.
+
+_I64 = ir.IntType(64)
+_V4F = ir.VectorType(_F32, 4)
+
+
+def _vec(t: ir.Type, n: int) -> ir.VectorType:
+    return ir.VectorType(t, n)
+
+
+def _kq_path(context, forced: str | None) -> str:
+    """The instruction path of the K-quant block products: AVX-512 VNNI (``vpdpwssd`` adds the
+    scaled pair sums into the lanes in one instruction), else the paths of :func:`_path`."""
+    if forced is not None:
+        return forced
+    feats = _features(context)
+    if "+avx512vnni" in feats and "+avx512bw" in feats:
+        return "vnni"
+    return _path(context, None)
+
+
+def _load(context, builder, aryty, ary, off, vt: ir.VectorType, align: int = 1) -> ir.Value:
+    """``vt`` loaded from element ``off`` of a 1-D array (unaligned)."""
+    data = context.make_array(aryty)(context, builder, ary).data
+    off = builder.sext(off, _I64) if off.type.width < 64 else off
+    return builder.load(builder.bitcast(builder.gep(data, [off]), vt.as_pointer()), align=align)
+
+
+def _at(builder, off: ir.Value, k: int) -> ir.Value:
+    return builder.add(off, ir.Constant(off.type, k))
+
+
+def _splat(v: ir.Value, value: int) -> ir.Constant:
+    return ir.Constant(v.type, [value] * v.type.count)
+
+
+def _bits(builder, v: ir.Value, shift: int, mask: int) -> ir.Value:
+    """``(v >> shift) & mask`` lane-wise on unsigned bytes."""
+    if shift:
+        v = builder.lshr(v, _splat(v, shift))
+    return builder.and_(v, _splat(v, mask))
+
+
+def _shl(builder, v: ir.Value, k: int) -> ir.Value:
+    return builder.shl(v, _splat(v, k))
+
+
+def _cat(builder, a: ir.Value, b: ir.Value) -> ir.Value:
+    return builder.shuffle_vector(a, b, _mask(range(2 * a.type.count)))
+
+
+def _half(builder, v: ir.Value, i: int) -> ir.Value:
+    h = v.type.count // 2
+    return builder.shuffle_vector(v, v, _mask(range(i * h, i * h + h)))
+
+
+def _kq_madd(builder, codes: ir.Value, x: ir.Value, s16: ir.Value, acc: ir.Value, path: str) -> ir.Value:
+    """``acc + pmaddwd(s16, pmaddubsw(codes, x))`` on 64 bytes: <16 x i32> lane i = the four
+    products ``codes[4i..4i+3]·x[4i..4i+3]`` times the scale of pair lanes ``2i, 2i+1`` (one scale
+    per lane here), llama.cpp's ``_mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, q8))``.  The
+    codes are unsigned (≤ 63) and the activations int8, so the int16 pair sums (≤ 2·63·128) never
+    saturate and every path computes the same exact integers."""
+    mod = builder.module
+    v64i8, v32i16 = _vec(_I8, 64), _vec(_I16, 32)
+    if path in ("vnni", "avx512bw"):
+        ub = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(v32i16, [v64i8, v64i8]), "llvm.x86.avx512.pmaddubs.w.512"
+        )
+        p16 = builder.call(ub, [codes, x])
+        if path == "vnni":
+            dp = cgutils.get_or_insert_function(
+                mod, ir.FunctionType(_V16I32, [_V16I32, _V16I32, _V16I32]), "llvm.x86.avx512.vpdpwssd.512"
+            )
+            return builder.call(dp, [acc, builder.bitcast(s16, _V16I32), builder.bitcast(p16, _V16I32)])
+        wd = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(_V16I32, [v32i16, v32i16]), "llvm.x86.avx512.pmaddw.d.512"
+        )
+        return builder.add(acc, builder.call(wd, [s16, p16]))
+    if path == "avx2":
+        v32i8, v16i16 = _vec(_I8, 32), _vec(_I16, 16)
+        ub = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw"
+        )
+        wd = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(_V8I32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd"
+        )
+        parts = []
+        for i in range(2):
+            p16 = builder.call(ub, [_half(builder, codes, i), _half(builder, x, i)])
+            parts.append(builder.call(wd, [_half(builder, s16, i), p16]))
+        return builder.add(acc, _cat(builder, parts[0], parts[1]))
+    # generic: the same integers from plain vector IR
+    even, odd = _mask(range(0, 64, 2)), _mask(range(1, 64, 2))
+
+    def pick(v, m, ext):
+        return ext(builder.shuffle_vector(v, v, m), v32i16)
+
+    p16 = builder.add(
+        builder.mul(pick(codes, even, builder.zext), pick(x, even, builder.sext)),
+        builder.mul(pick(codes, odd, builder.zext), pick(x, odd, builder.sext)),
+    )
+    e32, o32 = _mask(range(0, 32, 2)), _mask(range(1, 32, 2))
+
+    def pick32(v, m):
+        return builder.sext(builder.shuffle_vector(v, v, m), _V16I32)
+
+    return builder.add(
+        acc,
+        builder.add(
+            builder.mul(pick32(s16, e32), pick32(p16, e32)), builder.mul(pick32(s16, o32), pick32(p16, o32))
+        ),
+    )
+
+
+def _fold16(builder, s: ir.Value) -> ir.Value:
+    """<16 x i32> -> <8 x i32>: lanes i and i+8 added (the two 32-element halves of each 64)."""
+    return builder.add(_half(builder, s, 0), _half(builder, s, 1))
+
+
+def _pmaddwd(builder, a: ir.Value, b: ir.Value, path: str) -> ir.Value:
+    """<n/2 x i32> lane i = a[2i]·b[2i] + a[2i+1]·b[2i+1] of two <n x i16> (n = 8, 16)."""
+    n = a.type.count
+    if path != "generic":
+        name, vi, vo = {8: ("llvm.x86.sse2.pmadd.wd", 8, 4), 16: ("llvm.x86.avx2.pmadd.wd", 16, 8)}[n]
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_vec(_I32, vo), [_vec(_I16, vi), _vec(_I16, vi)]), name
+        )
+        return builder.call(fn, [a, b])
+    even, odd = _mask(range(0, n, 2)), _mask(range(1, n, 2))
+
+    def pick(v, m):
+        return builder.sext(builder.shuffle_vector(v, v, m), _vec(_I32, n // 2))
+
+    return builder.add(builder.mul(pick(a, even), pick(b, even)), builder.mul(pick(a, odd), pick(b, odd)))
+
+
+def _bsums16(context, builder, bt, ba, bo) -> ir.Value:
+    """The 16 block sums ``bs[bo:bo+16]`` (int32, |s| ≤ 16·128) as <16 x i16> (exact)."""
+    return builder.trunc(_load(context, builder, bt, ba, bo, _V16I32), _vec(_I16, 16))
+
+
+def _min_prods(context, builder, m, b, path) -> ir.Value:
+    """<4 x i32> lane k = ``mn[2k]·(bs[4k] + bs[4k+1]) + mn[2k+1]·(bs[4k+2] + bs[4k+3])`` from
+    ``m`` = (type, mn, offset) and ``b`` = (type, bs, offset): llama.cpp's
+    ``_mm_madd_epi16(mins, _mm_hadd_epi16(bsums))`` (exact)."""
+    bv = _bsums16(context, builder, *b)
+    q8s = builder.add(
+        builder.shuffle_vector(bv, bv, _mask(range(0, 16, 2))),
+        builder.shuffle_vector(bv, bv, _mask(range(1, 16, 2))),
+    )
+    mv = builder.zext(_load(context, builder, *m, _vec(_I8, 8)), _vec(_I16, 8))
+    return _pmaddwd(builder, mv, q8s, path)
+
+
+def _is_vec(a, dtype) -> bool:
+    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == dtype
+
+
+def _fma_lanes(context, builder, accp, f: ir.Value, scales: list) -> None:
+    """``acc[0:n] = acc + f·s`` lane-wise (fused where the CPU has FMA), the n lanes split evenly
+    between the f32 ``scales`` (one per 8 lanes here, one per 4 for the mins)."""
+    n = f.type.count
+    vt = ir.VectorType(_F32, n)
+    sv = ir.Constant(vt, ir.Undefined)
+    for i, sc in enumerate(scales):
+        sv = builder.insert_element(sv, sc, ir.Constant(_I32, i))
+    per = n // len(scales)
+    sv = builder.shuffle_vector(sv, sv, _mask([i // per for i in range(n)]))
+    ap = builder.bitcast(accp, vt.as_pointer())
+    if _has_fma(context):
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{n}f32"
+        )
+        builder.store(builder.call(fma, [f, sv, builder.load(ap)]), ap)
+    else:
+        builder.store(builder.fadd(builder.load(ap), builder.fmul(f, sv)), ap)
+
+
+def _join8(builder, sums: list) -> ir.Value:
+    """Per-token <16 x i32> lane sums -> one vector of 8 lanes per token: lanes i and i+8 of
+    each added (the two 32-element chunks of each 64), tokens one after another."""
+    if len(sums) == 1:
+        return _fold16(builder, sums[0])
+    a, b = sums
+    lo = builder.shuffle_vector(a, b, _mask([*range(8), *range(16, 24)]))
+    hi = builder.shuffle_vector(a, b, _mask([*range(8, 16), *range(24, 32)]))
+    return builder.add(lo, hi)
+
+
+def _qk_sums(context, builder, path, q, qh, sc, xs) -> list:
+    """Per token, the <16 x i32> scaled quad sums of one Q4_K/Q5_K block (halves folded later):
+    ``q``, ``qh``, ``sc`` and each of ``xs`` are (type, array, offset); ``qh`` None for Q4_K.
+    The codes and scales are unpacked once for all tokens."""
+    v32i8, v64i8 = _vec(_I8, 32), _vec(_I8, 64)
+    scv = builder.zext(_load(context, builder, *sc, _vec(_I8, 8)), _vec(_I16, 8))
+    hv = _load(context, builder, *qh, v32i8) if qh is not None else None
+    sums = [ir.Constant(_V16I32, None) for _ in xs]
+    for j in range(4):
+        qb = _load(context, builder, q[0], q[1], _at(builder, q[2], 32 * j), v32i8)
+        lo, hi = _bits(builder, qb, 0, 15), _bits(builder, qb, 4, 15)
+        if hv is not None:
+            lo = builder.or_(lo, _shl(builder, _bits(builder, hv, 2 * j, 1), 4))
+            hi = builder.or_(hi, _shl(builder, _bits(builder, hv, 2 * j + 1, 1), 4))
+        codes = _cat(builder, lo, hi)
+        s16 = builder.shuffle_vector(scv, scv, _mask([2 * j] * 16 + [2 * j + 1] * 16))
+        for u, (xt, xa, xo) in enumerate(xs):
+            xv = _load(context, builder, xt, xa, _at(builder, xo, 64 * j), v64i8)
+            sums[u] = _kq_madd(builder, codes, xv, s16, sums[u], path)
+    return sums
+
+
+def _q6k_sums(context, builder, path, ql, qh, sc, xs, bss) -> ir.Value:
+    """The 8-lane ``sumi - 32·bsc`` of one Q6_K block per token, tokens one after another."""
+    v32i8, v64i8 = _vec(_I8, 32), _vec(_I8, 64)
+    scv = builder.sext(_load(context, builder, *sc, _vec(_I8, 16)), _vec(_I16, 16))
+    sums = [ir.Constant(_V16I32, None) for _ in xs]
+    for h in range(2):
+        a = _load(context, builder, ql[0], ql[1], _at(builder, ql[2], 64 * h), v64i8)
+        a0, a1 = _half(builder, a, 0), _half(builder, a, 1)
+        hb = _load(context, builder, qh[0], qh[1], _at(builder, qh[2], 32 * h), v32i8)
+        c0 = builder.or_(_bits(builder, a0, 0, 15), _shl(builder, _bits(builder, hb, 0, 3), 4))
+        c1 = builder.or_(_bits(builder, a1, 0, 15), _shl(builder, _bits(builder, hb, 2, 3), 4))
+        c2 = builder.or_(_bits(builder, a0, 4, 15), _shl(builder, _bits(builder, hb, 4, 3), 4))
+        c3 = builder.or_(_bits(builder, a1, 4, 15), _shl(builder, _bits(builder, hb, 6, 3), 4))
+        for i, codes in enumerate((_cat(builder, c0, c1), _cat(builder, c2, c3))):
+            s16 = builder.shuffle_vector(scv, scv, _mask([8 * h + 4 * i + e // 8 for e in range(32)]))
+            for u, (xt, xa, xo) in enumerate(xs):
+                xv = _load(context, builder, xt, xa, _at(builder, xo, 128 * h + 64 * i), v64i8)
+                sums[u] = _kq_madd(builder, codes, xv, s16, sums[u], path)
+    # llama.cpp's -32 offset: lane k minus 32·(bs[2k]·sc[2k] + bs[2k+1]·sc[2k+1])
+    bsc = [_pmaddwd(builder, _bsums16(context, builder, bt, ba, bo), scv, path) for bt, ba, bo in bss]
+    bsc = bsc[0] if len(bsc) == 1 else _cat(builder, bsc[0], bsc[1])
+    return builder.sub(_join8(builder, sums), _shl(builder, bsc, 5))
+
+
+def _make_kq(forced: str | None):
+    """The K-quant block intrinsics for one instruction path (``None``: this CPU's best):
+    (q4k_block, q4k_block2, q5k_block, q5k_block2, q6k_block, q6k_block2, kq_mins4, kq_mins4x2,
+    kq_minsum).  The ``...2`` forms do two tokens at once (each token's lanes as in the one-token
+    form, one after another in the accumulator): the same integers and float operations lane for
+    lane, with the weight codes unpacked once."""
+
+    def qk(five: bool, ntok: int):
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            i = 3
+            q = (ty[1], args[1], args[2])
+            qh = None
+            if five:
+                qh = (ty[3], args[3], args[4])
+                i = 5
+            sc = (ty[i], args[i], args[i + 1])
+            xo = args[i + 2 + ntok]
+            xs = [(ty[i + 2 + u], args[i + 2 + u], xo) for u in range(ntok)]
+            ds = list(args[i + 3 + ntok : i + 3 + 2 * ntok])
+            sums = _qk_sums(context, builder, _kq_path(context, forced), q, qh, sc, xs)
+            _fma_lanes(
+                context, builder, args[0], builder.sitofp(_join8(builder, sums), _vec(_F32, 8 * ntok)), ds
+            )
+            return context.get_dummy_value()
+
+        return codegen
+
+    def q6(ntok: int):
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            ql, qh, sc = ((ty[k], args[k], args[k + 1]) for k in (1, 3, 5))
+            xo = args[7 + ntok]
+            xs = [(ty[7 + u], args[7 + u], xo) for u in range(ntok)]
+            b = 8 + ntok
+            bo = args[b + ntok]
+            bss = [(ty[b + u], args[b + u], bo) for u in range(ntok)]
+            ds = list(args[b + ntok + 1 :])
+            sumi = _q6k_sums(context, builder, _kq_path(context, forced), ql, qh, sc, xs, bss)
+            _fma_lanes(context, builder, args[0], builder.sitofp(sumi, _vec(_F32, 8 * ntok)), ds)
+            return context.get_dummy_value()
+
+        return codegen
+
+    def ok(arrays, dtypes) -> bool:
+        return all(_is_vec(a, dt) for a, dt in zip(arrays, dtypes, strict=True))
+
+    u8, i8, i32, f32 = types.uint8, types.int8, types.int32, types.float32
+
+    @intrinsic
+    def q4k_block(typingctx, acc, q, qo, sc, so, x, xo, d):
+        """``acc[0:8] += f32(sumi)·d`` for one Q4_K block (``q[qo:qo+128]`` packed nibbles,
+        scales ``sc[so:so+8]``) × Q8_K codes ``x[xo:xo+256]``: lane k of ``sumi`` sums the
+        products 4k..4k+3 of each 32-element chunk times the chunk's scale (llama.cpp's AVX2
+        lanes), the multiply-add fused where the CPU has FMA."""
+        if not ok((q, sc, x), (u8, u8, i8)):
+            return None
+        return types.void(acc, q, qo, sc, so, x, xo, f32), qk(False, 1)
+
+    @intrinsic
+    def q4k_block2(typingctx, acc, q, qo, sc, so, x0, x1, xo, d0, d1):
+        """:func:`q4k_block` for two tokens: lanes 0-7 of ``acc`` for ``x0``, 8-15 for ``x1``."""
+        if not ok((q, sc, x0, x1), (u8, u8, i8, i8)):
+            return None
+        return types.void(acc, q, qo, sc, so, x0, x1, xo, f32, f32), qk(False, 2)
+
+    @intrinsic
+    def q5k_block(typingctx, acc, q, qo, qh, qho, sc, so, x, xo, d):
+        """:func:`q4k_block` for Q5_K: the fifth bits from ``qh[qho:qho+32]``."""
+        if not ok((q, qh, sc, x), (u8, u8, u8, i8)):
+            return None
+        return types.void(acc, q, qo, qh, qho, sc, so, x, xo, f32), qk(True, 1)
+
+    @intrinsic
+    def q5k_block2(typingctx, acc, q, qo, qh, qho, sc, so, x0, x1, xo, d0, d1):
+        """:func:`q5k_block` for two tokens (as :func:`q4k_block2`)."""
+        if not ok((q, qh, sc, x0, x1), (u8, u8, u8, i8, i8)):
+            return None
+        return types.void(acc, q, qo, qh, qho, sc, so, x0, x1, xo, f32, f32), qk(True, 2)
+
+    @intrinsic
+    def q6k_block(typingctx, acc, ql, qlo, qh, qho, sc, so, x, xo, bs, bo, d):
+        """``acc[0:8] += f32(sumi - 32·bsc)·d`` for one Q6_K block (``ql[qlo:qlo+128]``,
+        ``qh[qho:qho+64]``, int8 scales ``sc[so:so+16]``) × Q8_K codes ``x[xo:xo+256]`` with
+        block sums ``bs[bo:bo+16]`` (int32): lane k of ``sumi`` sums the unsigned 6-bit codes'
+        products 4k..4k+3 of each 32-element chunk times their 16-element scale, lane k of
+        ``bsc`` is ``bs[2k]·sc[2k] + bs[2k+1]·sc[2k+1]`` (llama.cpp's AVX2 lanes: the -32 offset
+        through the block sums)."""
+        if not ok((ql, qh, sc, x, bs), (u8, u8, i8, i8, i32)):
+            return None
+        return types.void(acc, ql, qlo, qh, qho, sc, so, x, xo, bs, bo, f32), q6(1)
+
+    @intrinsic
+    def q6k_block2(typingctx, acc, ql, qlo, qh, qho, sc, so, x0, x1, xo, bs0, bs1, bo, d0, d1):
+        """:func:`q6k_block` for two tokens (as :func:`q4k_block2`)."""
+        if not ok((ql, qh, sc, x0, x1, bs0, bs1), (u8, u8, i8, i8, i8, i32, i32)):
+            return None
+        sig = types.void(acc, ql, qlo, qh, qho, sc, so, x0, x1, xo, bs0, bs1, bo, f32, f32)
+        return sig, q6(2)
+
+    @intrinsic
+    def kq_mins4(typingctx, acc, mn, mo, bs, bo, dmin):
+        """Q4_K's mins: ``acc[0:4] += f32(prod)·dmin`` with lane k of ``prod`` =
+        ``mn[2k]·(bs[4k] + bs[4k+1]) + mn[2k+1]·(bs[4k+2] + bs[4k+3])`` (``mn[mo:mo+8]`` uint8,
+        ``bs[bo:bo+16]`` int32): llama.cpp's ``acc_m``, fused where the CPU has FMA."""
+        if not ok((mn, bs), (u8, i32)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            p4 = _min_prods(
+                context,
+                builder,
+                (ty[1], args[1], args[2]),
+                (ty[3], args[3], args[4]),
+                _kq_path(context, forced),
+            )
+            _fma_lanes(context, builder, args[0], builder.sitofp(p4, _V4F), [args[5]])
+            return context.get_dummy_value()
+
+        return types.void(acc, mn, mo, bs, bo, f32), codegen
+
+    @intrinsic
+    def kq_mins4x2(typingctx, acc, mn, mo, bs0, bs1, bo, dmin0, dmin1):
+        """:func:`kq_mins4` for two tokens: lanes 0-3 of ``acc`` for ``bs0``, 4-7 for ``bs1``."""
+        if not ok((mn, bs0, bs1), (u8, i32, i32)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            path = _kq_path(context, forced)
+            m = (ty[1], args[1], args[2])
+            p = [_min_prods(context, builder, m, (ty[k], args[k], args[5]), path) for k in (3, 4)]
+            _fma_lanes(context, builder, args[0], builder.sitofp(_cat(builder, *p), _V8F), [args[6], args[7]])
+            return context.get_dummy_value()
+
+        return types.void(acc, mn, mo, bs0, bs1, bo, f32, f32), codegen
+
+    @intrinsic
+    def kq_minsum(typingctx, mn, mo, bs, bo):
+        """The exact int32 ``Σ_s mn[mo + s//2] · bs[bo + s]`` over 16 block sums (Q5_K's mins)."""
+        if not ok((mn, bs), (u8, i32)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            p4 = _min_prods(
+                context,
+                builder,
+                (ty[0], args[0], args[1]),
+                (ty[2], args[2], args[3]),
+                _kq_path(context, forced),
+            )
+            return _hsum_i32(builder, p4, 4)
+
+        return types.int32(mn, mo, bs, bo), codegen
+
+    return (
+        q4k_block,
+        q4k_block2,
+        q5k_block,
+        q5k_block2,
+        q6k_block,
+        q6k_block2,
+        kq_mins4,
+        kq_mins4x2,
+        kq_minsum,
+    )
+
+
+(q4k_block, q4k_block2, q5k_block, q5k_block2, q6k_block, q6k_block2, kq_mins4, kq_mins4x2, kq_minsum) = (
+    _make_kq(None)
+)
+# the other paths, for tests that hold every path to the same bits
+KQ_PATHS = {p: _make_kq(p) for p in ("vnni", "avx512bw", "avx2", "generic")}
+
+
+@intrinsic
+def fmadd32(typingctx, a, b, c):
+    """``a·b + c`` in f32: one rounding where the CPU has FMA (as C compilers contract
+    ``c += a * b`` there), else the product and the sum rounded separately."""
+
+    def codegen(context, builder, signature, args):
+        x, y, z = (
+            context.cast(builder, v, t, types.float32) for v, t in zip(args, signature.args, strict=True)
+        )
+        if _has_fma(context):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_F32, [_F32, _F32, _F32]), "llvm.fma.f32"
+            )
+            return builder.call(fn, [x, y, z])
+        return builder.fadd(builder.fmul(x, y), z)
+
+    return types.float32(a, b, c), codegen
+
+
+@intrinsic
+def acc8(typingctx):
+    """A zeroed 8-lane f32 accumulator (a stack slot, promoted to a register by LLVM)."""
+
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, _V8F)
+        builder.store(ir.Constant(_V8F, None), slot)
+        return builder.bitcast(slot, _F32.as_pointer())
+
+    return types.CPointer(types.float32)(), codegen
+
+
+def _lanes_at(builder, accp, off, vt):
+    off = builder.sext(off, _I64) if off.type.width < 64 else off
+    return builder.load(builder.bitcast(builder.gep(accp, [off]), vt.as_pointer()))
+
+
+@intrinsic
+def hsum8(typingctx, acc, off):
+    """Lanes ``off..off+7`` of an accumulator summed as llama.cpp's ``hsum_float_8``:
+    (0-3 + 4-7), then (0-1 + 2-3), then 0 + 1."""
+
+    def codegen(context, builder, signature, args):
+        return _hsum_f32(builder, _lanes_at(builder, args[0], args[1], _V8F), 8)
+
+    return types.float32(acc, off), codegen
+
+
+@intrinsic
+def hsum4(typingctx, acc, off):
+    """Lanes ``off..off+3`` of an accumulator summed as llama.cpp sums ``acc_m``:
+    (0 + 2) + (1 + 3)."""
+
+    def codegen(context, builder, signature, args):
+        return _hsum_f32(builder, _lanes_at(builder, args[0], args[1], _V4F), 4)
+
+    return types.float32(acc, off), codegen
