@@ -16,10 +16,11 @@ the same float operations in the same order, so prefill and decode logits stay i
   loop.  Two rows share every activation load; the 2 × 16 × 64-token accumulator tile lives on the
   stack (:func:`_stack_f32`) so that LLVM knows it aliases nothing and vectorizes the token loop
   with no run-time checks (Numba's heap arrays would need them, and Numba runs no SLP vectorizer).
-- Q8_0: ``matvec``'s own kernel at every size: per block one ``pmaddwd`` of int8 codes into 16
-  exact integer lanes, converted and scaled into 16 f32 lanes (:mod:`.simd`), two rows × four
-  tokens per pass (2048 × 640 × 512 tokens: 53 GMAC/s on one Zen 5 thread, against 20 for the
-  float-lane kernel it replaced and ~0.4-0.7x of that for a token-tiled float kernel).
+- Q8_0: ``matvec``'s own kernel at every size (llama.cpp's x86 arithmetic: 8 integer lanes of
+  4-product sums per block, ``vpdpbusd`` or ``pmaddwd``, fused into 8 f32 lanes kept across blocks,
+  :mod:`.simd`), two rows × four tokens per pass (2048 × 640 × 512 tokens: 68 GMAC/s on one Zen 5
+  thread, against 20 for the float-lane kernel it replaced and ~0.4-0.7x of that for a
+  token-tiled float kernel).
 - Q4_0: ``matvec``'s own kernel at every size too: its four-blocks-per-pass integer kernel runs
   512 tokens ~4x faster than a token-tiled integer kernel whose 32-element blocks each end in a
   horizontal sum (36 vs 160 ms for 2048 x 640 at one thread).

@@ -18,7 +18,6 @@ vector IR, inlined into the calling ``@njit`` function:
 - :func:`hsum_q8` / :func:`hsum16`: the lanes summed as a fixed tree (:func:`hsum_q8`: 4 + 4, 2 + 2,
   1 + 1 over the 8 lanes of :func:`dot_q8_block`, llama.cpp's ``hsum_float_8``);
 - :func:`axpy16`, :func:`load16`, :func:`store16`: 16-lane f32 ``acc += x·s``, loads and stores;
-- :func:`dot_i16_i8`, :func:`dot_i16x16`: exact int32 dot products through ``pmaddwd``;
 - :func:`q4k_block`, :func:`q5k_block`, :func:`q6k_block` (and their two-token forms),
   :func:`kq_mins4`, :func:`kq_minsum`, :func:`acc8`, :func:`hsum8`, :func:`hsum4`, :func:`fmadd32`:
   llama.cpp's x86 K-quant × Q8_K arithmetic (see the K-quant section below).
@@ -327,69 +326,6 @@ def _hsum_i32(builder, v: ir.Value, n: int) -> ir.Value:
         )
         n = h
     return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
-@intrinsic
-def dot_i16_i8(typingctx, w, wo, x, xo, nblk):
-    """The exact int32 ``Σ w[wo+e]·x[xo+e]`` over ``32·nblk`` elements (int16 weights, int8
-    activations): pair sums (``pmaddwd``) added in 16 int32 lanes, then the lanes added.  Integer
-    sums are exact in any order, so this equals any other way of summing them (the caller keeps
-    the total below 2³¹, as llama.cpp's int32 block sums do)."""
-    if not (isinstance(w, types.Array) and w.dtype == types.int16 and w.ndim == 1):
-        return None
-    if not (isinstance(x, types.Array) and x.dtype == types.int8 and x.ndim == 1):
-        return None
-
-    def codegen(context, builder, signature, args):
-        wa, woff, xa, xoff, nb = args
-        wdata = context.make_array(signature.args[0])(context, builder, wa).data
-        xdata = context.make_array(signature.args[2])(context, builder, xa).data
-        path = _path(context, None)
-        nb = builder.sext(nb, ir.IntType(64)) if nb.type.width < 64 else nb
-        woff = builder.sext(woff, ir.IntType(64)) if woff.type.width < 64 else woff
-        xoff = builder.sext(xoff, ir.IntType(64)) if xoff.type.width < 64 else xoff
-        acc = cgutils.alloca_once_value(builder, ir.Constant(_V16I32, None))
-        with cgutils.for_range(builder, nb) as loop:
-            step = builder.mul(loop.index, ir.Constant(loop.index.type, 32))
-            wp = builder.bitcast(builder.gep(wdata, [builder.add(woff, step)]), _V32I16.as_pointer())
-            xp = builder.bitcast(builder.gep(xdata, [builder.add(xoff, step)]), _V32I8.as_pointer())
-            wv = builder.load(wp, align=2)
-            xv = builder.sext(builder.load(xp, align=1), _V32I16)
-            builder.store(builder.add(builder.load(acc), _pair_sums(builder, wv, xv, path)), acc)
-        return _hsum_i32(builder, builder.load(acc), 16)
-
-    return types.int32(w, wo, x, xo, nblk), codegen
-
-
-@intrinsic
-def dot_i16x16(typingctx, a, ao, b, bo):
-    """The exact int32 ``Σ a[ao+e]·b[bo+e]`` over 16 int16 elements (``pmaddwd`` on 256 bits)."""
-    if not all(isinstance(v, types.Array) and v.dtype == types.int16 and v.ndim == 1 for v in (a, b)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        aa, aoff, ba, boff = args
-        ap = builder.gep(context.make_array(signature.args[0])(context, builder, aa).data, [aoff])
-        bp = builder.gep(context.make_array(signature.args[2])(context, builder, ba).data, [boff])
-        av = builder.load(builder.bitcast(ap, _V16I16.as_pointer()), align=2)
-        bv = builder.load(builder.bitcast(bp, _V16I16.as_pointer()), align=2)
-        if _path(context, None) == "generic":
-            even, odd = _mask(range(0, 16, 2)), _mask(range(1, 16, 2))
-
-            def half(v, m):
-                return builder.sext(builder.shuffle_vector(v, v, m), _V8I32)
-
-            s = builder.add(
-                builder.mul(half(av, even), half(bv, even)), builder.mul(half(av, odd), half(bv, odd))
-            )
-        else:
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd"
-            )
-            s = builder.call(fn, [av, bv])
-        return _hsum_i32(builder, s, 8)
-
-    return types.int32(a, ao, b, bo), codegen
 
 
 # ============================================================================ K-quants × Q8_K
