@@ -88,7 +88,11 @@ class KVCache:
     def write(self, layer: int, start_pos: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store k, v (n, n_kv_head, head_dim) for positions ``start_pos ..``."""
         n = k.shape[0]
-        slots = (np.arange(start_pos, start_pos + n) % self.slots[layer]) if n else np.zeros(0, np.int64)
+        s0 = start_pos % self.slots[layer] if n else 0
+        if s0 + n <= self.slots[layer]:  # no wrap: slices, not a gather/scatter by slot index
+            slots = slice(s0, s0 + n)
+        else:
+            slots = np.arange(start_pos, start_pos + n) % self.slots[layer]
         if self.round_f16:
             k = k.astype(np.float16)
             v = v.astype(np.float16)
