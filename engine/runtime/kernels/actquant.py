@@ -21,9 +21,34 @@ from numba import njit, prange
 
 from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
 from engine.runtime.kernels._config import KERNEL
+from engine.runtime.kernels.fmath import f32_from_bits
 
 QK8_0 = 32
 QK_K = 256
+
+
+@njit(**KERNEL)
+def _abs_bits_max(x, o, m):
+    """The largest |x[o:o+m]| as its f32 bit pattern: for non-NaN floats the bits of |x| order like
+    the values, so this is an integer max, which vectorizes (a float max does not, here)."""
+    bits = x.view(np.uint32)
+    a = np.uint32(0)
+    for j in range(o, o + m):
+        a = max(a, bits[j] & np.uint32(0x7FFFFFFF))
+    return a
+
+
+@njit(**KERNEL)
+def _q8_0_row(x, q, d):
+    """One row of :func:`quantize_q8_0` (1-D views: loops here vectorize, inside ``prange`` not)."""
+    for b in range(d.shape[0]):
+        o = b * QK8_0
+        amax = f32_from_bits(_abs_bits_max(x, o, QK8_0))
+        dd = np.float32(amax / np.float32(127.0))
+        d[b] = f16_bits_to_f32(f32_to_f16_bits(dd))
+        idd = np.float32(np.float32(127.0) / amax) if amax != 0 else np.float32(0.0)
+        for j in range(o, o + QK8_0):
+            q[j] = np.int8(np.rint(x[j] * idd))
 
 
 @njit(**KERNEL, parallel=True)
@@ -31,23 +56,41 @@ def quantize_q8_0(x):
     """x (n, K) f32 -> (q int8 (n, K), d f32 (n, K/32)); d is rounded to fp16 as llama.cpp stores it."""
     n, k = x.shape
     nb = k // QK8_0
+    x = np.ascontiguousarray(x)
     q = np.empty((n, k), np.int8)
     d = np.empty((n, nb), np.float32)
-    for i in prange(n * nb):
-        t = i // nb
-        b = i % nb
-        o = b * QK8_0
-        amax = np.float32(0.0)
-        for j in range(QK8_0):
-            a = abs(x[t, o + j])
-            if a > amax:
-                amax = a
-        dd = np.float32(amax / np.float32(127.0))
-        d[t, b] = f16_bits_to_f32(f32_to_f16_bits(dd))
-        idd = np.float32(np.float32(127.0) / amax) if amax != 0 else np.float32(0.0)
-        for j in range(QK8_0):
-            q[t, o + j] = np.int8(np.rint(x[t, o + j] * idd))
+    for t in prange(n):
+        _q8_0_row(x[t], q[t], d[t])
     return q, d
+
+
+@njit(**KERNEL)
+def _q8_k_row(x, q, d, bs):
+    """One row of :func:`quantize_q8_k`."""
+    for b in range(d.shape[0]):
+        o = b * QK_K
+        abits = _abs_bits_max(x, o, QK_K)
+        if abits == 0:
+            d[b] = 0.0
+            for j in range(o, o + QK_K):
+                q[j] = 0
+        else:
+            bits = x.view(np.uint32)
+            vmax = np.float32(0.0)
+            for j in range(o, o + QK_K):  # the first element of largest magnitude, as llama.cpp
+                if bits[j] & np.uint32(0x7FFFFFFF) == abits:
+                    vmax = x[j]
+                    break
+            iscale = np.float32(np.float32(-127.0) / vmax)
+            for j in range(o, o + QK_K):
+                v = np.rint(np.float32(iscale * x[j]))
+                q[j] = np.int8(min(np.float32(127.0), v))
+            d[b] = np.float32(np.float32(1.0) / iscale)
+        for g in range(16):
+            s = np.int32(0)
+            for j in range(o + 16 * g, o + 16 * g + 16):
+                s += np.int32(q[j])
+            bs[b * 16 + g] = s
 
 
 @njit(**KERNEL, parallel=True)
@@ -55,35 +98,12 @@ def quantize_q8_k(x):
     """x (n, K) f32 -> (q int8 (n, K), d f32 (n, K/256), bsums int32 (n, K/16))."""
     n, k = x.shape
     nb = k // QK_K
+    x = np.ascontiguousarray(x)
     q = np.empty((n, k), np.int8)
     d = np.empty((n, nb), np.float32)
     bs = np.empty((n, k // 16), np.int32)
-    for i in prange(n * nb):
-        t = i // nb
-        b = i % nb
-        o = b * QK_K
-        amax = np.float32(0.0)
-        vmax = np.float32(0.0)
-        for j in range(QK_K):
-            a = abs(x[t, o + j])
-            if a > amax:
-                amax = a
-                vmax = x[t, o + j]
-        if amax == 0:
-            d[t, b] = 0.0
-            for j in range(QK_K):
-                q[t, o + j] = 0
-        else:
-            iscale = np.float32(np.float32(-127.0) / vmax)
-            for j in range(QK_K):
-                v = np.rint(np.float32(iscale * x[t, o + j]))
-                q[t, o + j] = np.int8(min(127.0, v))
-            d[t, b] = np.float32(np.float32(1.0) / iscale)
-        for g in range(16):
-            s = 0
-            for j in range(16):
-                s += q[t, o + 16 * g + j]
-            bs[t, b * 16 + g] = s
+    for t in prange(n):
+        _q8_k_row(x[t], q[t], d[t], bs[t])
     return q, d, bs
 
 

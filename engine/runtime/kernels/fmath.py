@@ -35,3 +35,13 @@ def fma32_ref(a, b, c):
     a64 = np.asarray(a, np.float32).astype(np.float64)
     b64 = np.asarray(b, np.float32).astype(np.float64)
     return (a64 * b64 + np.asarray(c, np.float32).astype(np.float64)).astype(np.float32)
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    """The f32 whose IEEE bit pattern is the uint32 ``bits`` (a bit cast, no conversion)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _F32)
+
+    return types.float32(types.uint32), codegen
