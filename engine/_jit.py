@@ -70,14 +70,18 @@ def cache_dir(digest: str, parents: tuple[Path, ...] | None = None) -> Path:
 
 
 def configure() -> None:
-    """Point Numba's cache at :func:`cache_dir` unless NUMBA_CACHE_DIR is set."""
+    """Point Numba's cache at :func:`cache_dir` unless NUMBA_CACHE_DIR is set.  The environment
+    variable is set too: Numba re-reads its configuration from the environment whenever a NUMBA_*
+    variable changes (NUMBA_ENABLE_CUDASIM, say), which would otherwise drop a setting made only
+    in ``numba.config``."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
-    from numba import config
-
     # nothing writable: Numba's own choice (it warns and compiles every time)
     with contextlib.suppress(OSError):
-        config.CACHE_DIR = str(cache_dir(sources_hash()))
+        os.environ["NUMBA_CACHE_DIR"] = path = str(cache_dir(sources_hash()))
+        from numba import config
+
+        config.CACHE_DIR = path
 
 
 configure()

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numba
-
 from engine import _jit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +50,20 @@ def test_cache_dir_replaces_earlier_caches_and_falls_back(tmp_path):
 
 
 def test_engine_kernels_use_the_keyed_cache():
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        assert os.environ["NUMBA_CACHE_DIR"] == numba.config.CACHE_DIR
-    else:
-        assert Path(numba.config.CACHE_DIR).name == f"numba-{_jit.sources_hash()}"
+    """In a fresh process: the keyed directory, kept when Numba re-reads its configuration after a
+    NUMBA_* variable changes (the compiler does that before every compilation)."""
+    code = (
+        "import os, engine.runtime.kernels, numba\n"
+        "print(numba.config.CACHE_DIR)\n"
+        "os.environ['NUMBA_OPT'] = '3'; numba.core.config.reload_config()\n"
+        "print(numba.config.CACHE_DIR)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    first, after_reload = out.stdout.split()
+    assert Path(first).name == f"numba-{_jit.sources_hash()}"
+    assert after_reload == first
 
 
 def test_numba_cache_dir_from_the_environment_wins(tmp_path):

@@ -484,10 +484,10 @@ def rope_neox(x, positions, theta_scale, freq_scale, scale, round_f16):
 
 @cuda.jit(device=True)
 def _gelu(v):
-    """engine.runtime.kernels.ops._gelu1 with Numba's CPU typing (int + float32 is float64)."""
-    a = F32(F32(F32(0.044715) * v) * v)
-    inner = F64(F32(F32(0.7978845608028654) * v)) * (1.0 + F64(a))
-    return F32(F64(F32(F32(0.5) * v)) * (1.0 + math.tanh(inner)))
+    """engine.runtime.kernels.ops._gelu1: f32, tanhf, and the fused 1 + (A·v)·v of llama.cpp's build."""
+    inner = F32(cuda.fma(F32(F32(0.044715) * v), v, F32(1.0)))
+    t = F32(math.tanh(F32(F32(F32(0.7978845608028654) * v) * inner)))
+    return F32(F32(F32(0.5) * v) * F32(F32(1.0) + t))
 
 
 @cuda.jit(cache=True)
