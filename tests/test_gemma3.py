@@ -105,9 +105,11 @@ def test_first_position_matches_llama_cpp_exactly(agreement, fx):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured: top-1 95.0% and mean KL 0.0113 (bars 98% / 0.005); llama.cpp itself with n_batch=1 "
+    reason="measured: top-1 94.7% and mean KL 0.0107 (bars 98% / 0.005); llama.cpp itself with n_batch=1 "
     "scores 94.75% / 0.0113 against its batched run (same profile: KL ~0.005 below position 1024, ~0.055 "
-    "past 1280): rounding-level differences amplified by Q8/f16 quantization; see the module docstring",
+    "past 1280): rounding-level differences amplified by Q8/f16 quantization. Q8_0/K-quant products, "
+    "RMSNorm, RoPE and GELU now equal llama.cpp's tensors bit for bit (scripts/debug_llama_ops.py); "
+    "attention (1.7e-4) is the op left; see the module docstring",
 )
 def test_top1_and_kl_against_llama_cpp(agreement, fx):
     top1, kls, _ = agreement
@@ -197,8 +199,9 @@ def _n_same(a, b) -> int:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured: 4/10 (bar 9); llama.cpp itself with n_batch=1 also gets 5/10 (one parts at the "
-    "first token): the same rounding-level noise floor as the logit bars",
+    reason="measured: 4/10 (bar 9; 4-6/10 across this session's kernel changes); llama.cpp itself with "
+    "n_batch=1 also gets 5/10 (one parts at the first token): the same rounding-level noise floor as the "
+    "logit bars",
 )
 def test_greedy_continuations(continuations, fx):
     same = _n_same(continuations, fx["cont_ids"])

@@ -67,7 +67,7 @@ NEAR_TIE = 0.1  # logits: llama.cpp quantizes activations, so exact ties within 
 
 @pytest.mark.xfail(
     reason="measured: on the haiku chat our greedy path parts from llama.cpp at token 12 by a margin of "
-    "0.88; llama.cpp itself with n_batch=1 (or flash attention) parts from its batched run there too "
+    "0.81; llama.cpp itself with n_batch=1 (or flash attention) parts from its batched run there too "
     "(rounding-level noise floor, see test_gemma3.py's docstring)",
     strict=False,
 )
