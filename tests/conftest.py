@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 # Before anything imports Qt or reads KVANT_HOME.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def _sweep_stale_homes(tmp: Path, max_age_s: float = 12 * 3600) -> None:
+    """Homes of killed sessions (atexit never ran) older than ``max_age_s``; a session that young may
+    still be running beside this one."""
+    now = time.time()
+    for old in tmp.glob("kvant-test-home-*"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+_sweep_stale_homes(Path(tempfile.gettempdir()))
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="kvant-test-home-"))
 os.environ["KVANT_HOME"] = str(_SESSION_HOME)
 # The session home holds an assembled copy of the default model (242 MB); every run left one

@@ -54,3 +54,14 @@ def test_test_session_removes_its_home(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not list(tmp_path.glob("kvant-test-home-*")), "the test session left its KVANT_HOME behind"
+
+
+def test_stale_test_homes_of_killed_sessions_are_swept(tmp_path):
+    from tests.conftest import _sweep_stale_homes
+
+    old, new = tmp_path / "kvant-test-home-old", tmp_path / "kvant-test-home-new"
+    for d in (old, new):
+        (d / "models").mkdir(parents=True)
+    os.utime(old, (0, 0))  # a session killed long ago
+    _sweep_stale_homes(tmp_path)
+    assert not old.exists() and new.exists()  # a young one may still be running
