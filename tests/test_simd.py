@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from engine.runtime.kernels import simd
+from engine.runtime.kernels import fmath, simd
 from engine.runtime.kernels.qmatmul import _mv_q8_0
 from engine.runtime.kernels.simd import has_fma
 
@@ -224,7 +224,7 @@ def _kq_data(kind: str, rows: int, k: int, n: int, seed: int):
 
 def _kq_kernels(fns):
     q4, q42, q5, q52, q6, q62, mins4, mins4x2, minsum = fns
-    acc8, acc16, hsum8, hsum4, fmadd32 = simd.acc8, simd.acc16, simd.hsum8, simd.hsum4, simd.fmadd32
+    acc8, acc16, hsum8, hsum4, fmadd32 = simd.acc8, simd.acc16, simd.hsum8, simd.hsum4, fmath.fmadd32
 
     @njit(cache=False)
     def q4k(qs, sc, mn, d, dmin, xq, xd, xb, out):  # out (2,): the one- and the two-token forms

@@ -1,9 +1,12 @@
 """Scalar float helpers that Numba has no spelling for.
 
-:func:`fma32` is the fused multiply-add ``a·b + c`` with one rounding (``llvm.fma.f32``: an FMA
-instruction where the CPU has one, a correctly rounded libm call otherwise, so the value is the
-same everywhere).  llama.cpp's C++ is compiled with floating-point contraction, so some of its
-scalar expressions are fused multiply-adds; the kernels that reproduce them use this.
+llama.cpp's C and C++ are compiled with floating-point contraction, so some of its scalar
+expressions are fused multiply-adds; the kernels that reproduce them use these:
+
+- :func:`fma32`: ``a·b + c`` with one rounding everywhere (``llvm.fma.f32``: an FMA instruction
+  where the CPU has one, a correctly rounded libm call otherwise);
+- :func:`fmadd32`: ``a·b + c`` fused only where the CPU has FMA, else rounded twice, as a compiler
+  contracting ``c += a * b`` for that CPU does (the K-quant kernels' scalar min sums).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from engine.runtime.kernels.simd import _has_fma
 
 _F32 = ir.FloatType()
 
@@ -25,6 +30,25 @@ def fma32(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@intrinsic
+def fmadd32(typingctx, a, b, c):
+    """``a·b + c`` in f32: one rounding where the CPU has FMA (as C compilers contract
+    ``c += a * b`` there), else the product and the sum rounded separately."""
+
+    def codegen(context, builder, signature, args):
+        x, y, z = (
+            context.cast(builder, v, t, types.float32) for v, t in zip(args, signature.args, strict=True)
+        )
+        if _has_fma(context):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_F32, [_F32] * 3), "llvm.fma.f32"
+            )
+            return builder.call(fn, [x, y, z])
+        return builder.fadd(builder.fmul(x, y), z)
+
+    return types.float32(a, b, c), codegen
 
 
 def fma32_ref(a, b, c):

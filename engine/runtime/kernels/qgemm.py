@@ -55,7 +55,7 @@ _RB = 16  # rows per block of the float-lane kernels (decoded once, reused by ev
 # Below this many tokens qgemm runs matvec's kernel (same numbers by definition): the Q5_0 kernel
 # pads tokens to whole 64-token tiles, and a row block's decode only pays off over a few tokens.
 # Measured crossover on the 2-vCPU EPYC (noisy): Q5_0 ~16 tokens.
-MATVEC_BELOW = {"Q4_0": 1 << 62, "Q5_0": 16, "Q8_0": 1 << 62}
+MATVEC_BELOW = {"Q5_0": 16}  # the one type with a token-tiled kernel of its own
 
 
 def _stack_f32(nelem: int):

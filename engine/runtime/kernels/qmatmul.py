@@ -36,12 +36,12 @@ from engine.runtime.kernels.actquant import (
     round_bf16,
     round_f16,
 )
+from engine.runtime.kernels.fmath import fmadd32
 from engine.runtime.kernels.simd import (
     acc8,
     acc16,
     acc_q8,
     dot_q8_block,
-    fmadd32,
     hsum4,
     hsum8,
     hsum_q8,

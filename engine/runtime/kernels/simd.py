@@ -15,12 +15,12 @@ vector IR, inlined into the calling ``@njit`` function:
   Q8_0 arithmetic on x86 (``ggml_vec_dot_q8_0_q8_0``'s AVX2 path and tinyBLAS's ``updot`` +
   ``madd``: 8 lanes of 4-product sums, ``fmadd(d_x·d_y, sum, acc)``), so with the same activation
   codes our Q8_0 products are llama.cpp's, bit for bit;
-- :func:`hsum_q8` / :func:`hsum16`: the lanes summed as a fixed tree (:func:`hsum_q8`: 4 + 4, 2 + 2,
-  1 + 1 over the 8 lanes of :func:`dot_q8_block`, llama.cpp's ``hsum_float_8``);
+- :func:`hsum_q8`: the 8 lanes of :func:`dot_q8_block` summed as a fixed tree (4 + 4, 2 + 2, 1 + 1:
+  llama.cpp's ``hsum_float_8``);
 - :func:`axpy16`, :func:`load16`, :func:`store16`: 16-lane f32 ``acc += x·s``, loads and stores;
 - :func:`q4k_block`, :func:`q5k_block`, :func:`q6k_block` (and their two-token forms),
-  :func:`kq_mins4`, :func:`kq_minsum`, :func:`acc8`, :func:`hsum8`, :func:`hsum4`, :func:`fmadd32`:
-  llama.cpp's x86 K-quant × Q8_K arithmetic (see the K-quant section below).
+  :func:`kq_mins4`, :func:`kq_minsum`, :func:`acc8`, :func:`hsum8`, :func:`hsum4`
+  (and :func:`~.fmath.fmadd32`): llama.cpp's x86 K-quant × Q8_K arithmetic (see the K-quant section below).
 
 Every value is defined by that arithmetic, not by the instruction set: with AVX-512BW the pair
 sums are one ``vpmaddwd`` on a zmm register, with AVX2 two on ymm registers, otherwise generic
@@ -247,17 +247,6 @@ def _hsum_f32(builder, v: ir.Value, n: int) -> ir.Value:
         v = builder.fadd(lo, builder.shuffle_vector(v, v, _mask(range(h, n))))
         n = h
     return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
-@intrinsic
-def hsum16(typingctx, acc):
-    """The 16 lanes of an :func:`acc16` accumulator summed as a fixed tree: halves added
-    lane-wise (0-7 + 8-15, then 0-3 + 4-7, ...) down to one value."""
-
-    def codegen(context, builder, signature, args):
-        return _hsum_f32(builder, builder.load(builder.bitcast(args[0], _V16F.as_pointer())), 16)
-
-    return types.float32(acc), codegen
 
 
 def _f32_ptr(context, builder, aryty, ary, off):
@@ -750,25 +739,6 @@ def _make_kq(forced: str | None):
 )
 # the other paths, for tests that hold every path to the same bits
 KQ_PATHS = {p: _make_kq(p) for p in ("vnni", "avx512bw", "avx2", "generic")}
-
-
-@intrinsic
-def fmadd32(typingctx, a, b, c):
-    """``a·b + c`` in f32: one rounding where the CPU has FMA (as C compilers contract
-    ``c += a * b`` there), else the product and the sum rounded separately."""
-
-    def codegen(context, builder, signature, args):
-        x, y, z = (
-            context.cast(builder, v, t, types.float32) for v, t in zip(args, signature.args, strict=True)
-        )
-        if _has_fma(context):
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_F32, [_F32, _F32, _F32]), "llvm.fma.f32"
-            )
-            return builder.call(fn, [x, y, z])
-        return builder.fadd(builder.fmul(x, y), z)
-
-    return types.float32(a, b, c), codegen
 
 
 @intrinsic
