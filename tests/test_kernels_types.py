@@ -348,9 +348,11 @@ def test_kquant_matvec_is_llama_cpp_bit_for_bit(name):
     from engine.runtime.kernels.qgemm import qgemm
 
     fx = _fixture(name)
-    raw, x = fx["raw"], fx["x"]
+    raw, x, dot = fx["raw"], fx["x"], fx["dot"]
+    if name == "Q4_K":  # llama.cpp repacks Q4_K weights of a multiple of 8 rows (see below); not these
+        raw, dot = raw[:15], dot[:, :15]
     w = repack(raw, IDS[name], raw.shape[0], x.shape[1])
-    np.testing.assert_array_equal(matvec(w, x).view(np.uint32), fx["dot"].view(np.uint32))
+    np.testing.assert_array_equal(matvec(w, x).view(np.uint32), dot.view(np.uint32))
     # with llama.cpp's activation codes (Q8_K blocks: f32 d, 256 int8 codes, 16 int16 block sums)
     blocks = fx["act"].reshape(len(x), -1, 292)
     act = (
@@ -358,8 +360,77 @@ def test_kquant_matvec_is_llama_cpp_bit_for_bit(name):
         np.ascontiguousarray(blocks[:, :, :4]).view(np.float32).reshape(len(x), -1),
         np.ascontiguousarray(blocks[:, :, 260:]).view(np.int16).reshape(len(x), -1).astype(np.int32),
     )
-    np.testing.assert_array_equal(matvec(w, x, act=act).view(np.uint32), fx["dot"].view(np.uint32))
+    np.testing.assert_array_equal(matvec(w, x, act=act).view(np.uint32), dot.view(np.uint32))
     for n in (1, 5, 9):  # the tokens repeated: one-token and 2 x 4 tiles of the kernel
         xs = np.resize(x, (n, x.shape[1]))
         got = qgemm(w, xs)
-        np.testing.assert_array_equal(got.view(np.uint32), np.resize(fx["dot"], got.shape).view(np.uint32))
+        np.testing.assert_array_equal(got.view(np.uint32), np.resize(dot, got.shape).view(np.uint32))
+
+
+def _repack_cases():
+    fx = np.load(FIXTURES / "Q4_K_repack.npz")
+    return [(fx[f"c{c}_raw"], fx[f"c{c}_x"], fx[f"c{c}_out"]) for c in range(len(fx.files) // 3)]
+
+
+@pytest.mark.skipif(
+    not __import__("engine.runtime.kernels.simd", fromlist=["has_fma"]).has_fma(), reason="no FMA"
+)
+def test_q4k_repacked_matmul_is_llama_cpp_bit_for_bit():
+    """Q4_K weights of a multiple of 8 rows run llama.cpp's repacked arithmetic (its
+    ggml_gemm_q4_K_8x8_q8_K for the first n - n % 4 columns, ggml_gemv_q4_K_8x8_q8_K for the rest):
+    the default model's own matrices and activations (tests/fixtures/kernels/Q4_K_repack.npz, made
+    by scripts/make_q4k_repack_fixture.py from llama.cpp's graph) give llama.cpp's outputs bit for
+    bit, through matvec, qgemm and the NumPy reference."""
+    from engine.runtime.kernels.actquant import quantize_q8_k
+    from engine.runtime.kernels.qgemm import qgemm
+    from engine.runtime.kernels.qmatmul import q4k_gemm_cols, q4k_repack_ref
+
+    cases = _repack_cases()
+    assert [len(x) for _, x, _ in cases] == [9, 5, 1]  # gemm + gemv, gemm + gemv, decode
+    for raw, x, want in cases:
+        w = repack(raw, IDS["Q4_K"], raw.shape[0], x.shape[1])
+        bits = want.view(np.uint32)
+        np.testing.assert_array_equal(matvec(w, x).view(np.uint32), bits)
+        np.testing.assert_array_equal(qgemm(w, x).view(np.uint32), bits)
+        ref = q4k_repack_ref(w, *quantize_q8_k(x), q4k_gemm_cols(len(x)))
+        np.testing.assert_array_equal(ref.view(np.uint32), bits)
+        for t in range(len(x) - len(x) % 4, len(x)):  # a gemv column alone is the same column
+            np.testing.assert_array_equal(matvec(w, x[t : t + 1])[0].view(np.uint32), bits[t])
+
+
+def test_q4k_repack_fixture_tells_the_arithmetics_apart():
+    """The fixture can fail: its gemm columns are not what the gemv (or llama.cpp's vec_dot, the
+    arithmetic of weights it does not repack) gives."""
+    raw, x, want = _repack_cases()[0]
+    w = repack(raw, IDS["Q4_K"], raw.shape[0], x.shape[1])
+    gemv_all = matvec(w, x, gemm_cols=0)
+    assert not np.array_equal(gemv_all[:8], want[:8])
+    np.testing.assert_array_equal(gemv_all[8:].view(np.uint32), want[8:].view(np.uint32))
+    w15 = repack(np.concatenate([raw, raw[:7]]), IDS["Q4_K"], 15, x.shape[1])  # not repacked by llama.cpp
+    assert not np.array_equal(matvec(w15, x)[:, :8], want)
+
+
+@pytest.mark.parametrize("rows", [40, 8])
+def test_q4k_repacked_kernel_equals_numpy_reference(rows):
+    """Every split of the columns between the gemm and the gemv arithmetic, several 16-column lane
+    groups and a partial one, a row count with a single row left after the pairs (40 = 2 x 16 + 8
+    rows: the last task has 8)."""
+    from engine.runtime.kernels.actquant import quantize_q8_k
+    from engine.runtime.kernels.qmatmul import q4k_repack_ref
+
+    cols = 768
+    raw = _random_blocks("Q4_K", rows, cols, 3000 + rows)
+    w = repack(raw, IDS["Q4_K"], rows, cols)
+    rng = np.random.default_rng(rows)
+    for n in (1, 3, 4, 7, 20, 70):
+        x = (rng.standard_normal((n, cols)) * rng.uniform(0.1, 30, (n, 1))).astype(np.float32)
+        x[0, 256:512] = 0.0  # an all-zero activation super-block
+        act = quantize_q8_k(x)
+        for g in sorted({0, n - n % 4, n, n // 2}):
+            got = matvec(w, x, gemm_cols=g)
+            want = q4k_repack_ref(w, *act, g)
+            np.testing.assert_array_equal(
+                got.view(np.uint32), want.view(np.uint32), err_msg=f"n={n} gemm={g}"
+            )
+    with pytest.raises(ValueError):
+        matvec(w, x, gemm_cols=n + 1)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange
 
 from engine.errors import ModelError
 from engine.runtime.kernels import qkernels as qk
@@ -36,7 +36,7 @@ from engine.runtime.kernels.actquant import (
     round_bf16,
     round_f16,
 )
-from engine.runtime.kernels.fmath import fmadd32
+from engine.runtime.kernels.fmath import fma32, fma32_ref, fmadd32
 from engine.runtime.kernels.simd import (
     acc8,
     acc16,
@@ -50,6 +50,9 @@ from engine.runtime.kernels.simd import (
     kq_minsum,
     q4k_block,
     q4k_block2,
+    q4k_isum,
+    q4k_tok16,
+    q4k_tok16x2,
     q5k_block,
     q5k_block2,
     q6k_block,
@@ -792,14 +795,144 @@ def _q6k_dot2x4(ql, qh, sc, d, r, xq, xd, xb, t, res):
     res[7] = hsum8(a3, 8)
 
 
+# Q4_K as llama.cpp computes it for weights of a multiple of 8 rows: its CPU "repack" buffer
+# (ggml_gemm_q4_K_8x8_q8_K for the first n - n % 4 activation columns, ggml_gemv_q4_K_8x8_q8_K for
+# the others; the arithmetic is described in engine.runtime.kernels.simd, "Q4_K × Q8_K, repack").
+# The gemm columns run 16 at a time, one per f32 lane (q4k_tok16x2), from the rows' codes unpacked
+# to bytes once per task and the columns' Q8_K codes interleaved by 4 (_q8k_tok16).
+_TOK = 16  # activation columns per lane group
+_TOK_GROUPS = 4  # lane groups (64 columns) per pass over a task's rows (their activations stay in cache)
+
+
+def q4k_gemm_cols(n: int) -> int:
+    """How many of ``n`` activation columns llama.cpp's repacked Q4_K mat-mul runs through its
+    gemm (``n - n % 4``: none below 4); the other columns go through its gemv."""
+    return n - n % 4
+
+
+@njit(**KERNEL, parallel=True)
+def _q8k_tok16(xq, xd, xbs, ngemm):
+    """The first ``ngemm`` columns of Q8_K activations in :func:`~.simd.q4k_tok16`'s layout, 16
+    columns per group (the last group padded with zero columns): codes ``xT`` (G, K·16) int8,
+    32-element sums ``bT`` (G, K/32·16) int32, scales ``dx`` (G, K/256·16) f32."""
+    k = xq.shape[1]
+    nb = xd.shape[1]
+    ng = (ngemm + _TOK - 1) // _TOK
+    xT = np.zeros((ng, k * _TOK), np.int8)
+    bT = np.zeros((ng, nb * 8 * _TOK), np.int32)
+    dx = np.zeros((ng, nb * _TOK), np.float32)
+    for g in prange(ng):
+        for lane in range(min(_TOK, ngemm - g * _TOK)):
+            t = g * _TOK + lane
+            for e in range(k):
+                xT[g, (e >> 2) * 64 + lane * 4 + (e & 3)] = xq[t, e]
+            for s in range(nb * 8):
+                bT[g, s * _TOK + lane] = xbs[t, 2 * s] + xbs[t, 2 * s + 1]
+            for b in range(nb):
+                dx[g, b * _TOK + lane] = xd[t, b]
+    return xT, bT, dx
+
+
+@njit(**KERNEL)
+def _q4k_codes(q, out):
+    """One Q4_K row's packed nibbles ``q`` (K/2) as bytes in element order into ``out`` (K)."""
+    for b in range(q.shape[0] // 128):
+        for c in range(4):
+            for li in range(32):
+                v = q[b * 128 + 32 * c + li]
+                out[b * 256 + 64 * c + li] = v & 15
+                out[b * 256 + 64 * c + 32 + li] = v >> 4
+
+
+@njit(**KERNEL)
+def _q4k_gemv1(qs, sc, mn, d, dmin, xq, xd, xb):
+    """One Q4_K row · one Q8_K activation column, llama.cpp's ``ggml_gemv_q4_K_8x8_q8_K`` bit for
+    bit: per block ``acc = fma(f32(Σ sc·dot), d·xd, acc)``, ``accm = fma(f32(Σ mn·bsum), dmin·xd,
+    accm)`` (exact integers), then ``acc - accm``."""
+    acc = np.float32(0.0)
+    accm = np.float32(0.0)
+    for b in range(d.shape[0]):
+        i = q4k_isum(qs, b * 128, sc, b * 8, xq, b * 256)
+        im = kq_minsum(mn, b * 8, xb, b * 16)
+        acc = fma32(np.float32(i), d[b] * xd[b], acc)
+        accm = fma32(np.float32(im), dmin[b] * xd[b], accm)
+    return acc - accm
+
+
+@njit(**KERNEL, parallel=True)
+def _mv_q4k_repack(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm, xT, bT, dx):
+    """Q4_K rows · Q8_K activations as llama.cpp's repacked Q4_K: columns ``< ngemm`` with the
+    gemm's arithmetic (activations ``xT, bT, dx`` from :func:`_q8k_tok16`), the others with
+    :func:`_q4k_gemv1`."""
+    rows = qs.shape[0]
+    n = xq.shape[0]
+    nb = d.shape[1]
+    ng = xT.shape[0]
+    for c in prange((rows + _KQ_ROWS - 1) // _KQ_ROWS):
+        r0 = c * _KQ_ROWS
+        r1 = min(rows, r0 + _KQ_ROWS)
+        if ng > 0:
+            codes = np.empty((_KQ_ROWS, nb * 256), np.uint8)
+            for r in range(r0, r1):
+                _q4k_codes(qs[r], codes[r - r0])
+            for g0 in range(0, ng, _TOK_GROUPS):
+                r = r0
+                while r < r1:
+                    two = r + 1 < r1
+                    for g in range(g0, min(ng, g0 + _TOK_GROUPS)):
+                        p0, m0, p1, m1 = acc16(), acc16(), acc16(), acc16()
+                        for b in range(nb):
+                            if two:
+                                q4k_tok16x2(
+                                    p0, m0, p1, m1, codes[r - r0], codes[r + 1 - r0], b * 256,
+                                    sc[r], sc[r + 1], mn[r], mn[r + 1], b * 8,
+                                    xT[g], b * 4096, bT[g], b * 128, dx[g], b * _TOK,
+                                    d[r, b], dmin[r, b], d[r + 1, b], dmin[r + 1, b],
+                                )  # fmt: skip
+                            else:
+                                q4k_tok16(
+                                    p0, m0, codes[r - r0], b * 256, sc[r], mn[r], b * 8,
+                                    xT[g], b * 4096, bT[g], b * 128, dx[g], b * _TOK, d[r, b], dmin[r, b],
+                                )  # fmt: skip
+                        a0, z0, a1, z1 = (
+                            carray(p0, _TOK),
+                            carray(m0, _TOK),
+                            carray(p1, _TOK),
+                            carray(m1, _TOK),
+                        )
+                        for lane in range(min(_TOK, ngemm - g * _TOK)):
+                            out[g * _TOK + lane, r] = a0[lane] - z0[lane]
+                            if two:
+                                out[g * _TOK + lane, r + 1] = a1[lane] - z1[lane]
+                    r += 2 if two else 1
+        for r in range(r0, r1):
+            for t in range(ngemm, n):
+                out[t, r] = _q4k_gemv1(qs[r], sc[r], mn[r], d[r], dmin[r], xq[t], xd[t], xbs[t])
+
+
+@njit(**KERNEL)
+def _q4k_llama(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm):
+    """:func:`_mv_q4k_repack` with its activations prepared."""
+    if ngemm > 0:
+        xT, bT, dx = _q8k_tok16(xq, xd, xbs, ngemm)
+    else:  # decode: no parallel region to start for nothing
+        xT, bT, dx = np.zeros((0, 1), np.int8), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.float32)
+    _mv_q4k_repack(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm, xT, bT, dx)
+
+
 @njit(**KERNEL, parallel=True)
 def _mv_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
     """Q4_K (``has_qh`` False) / Q5_K rows · Q8_K activations (codes ``xq`` (n, K), scales ``xd``
     (n, K/256), block sums ``xbs`` (n, K/16) int32): :func:`_q4k_dot1` / :func:`_q5k_dot1` for
-    every (token, row), two rows × four tokens at a time."""
+    every (token, row), two rows × four tokens at a time.  Q4_K weights of a multiple of 8 rows
+    (those llama.cpp repacks) go to :func:`_q4k_llama` instead, with llama.cpp's column rule
+    (:func:`q4k_gemm_cols`)."""
     rows = qs.shape[0]
     n = xq.shape[0]
     n4 = n - n % 4
+    if not has_qh and rows % 8 == 0:
+        _q4k_llama(qs, sc, mn, d, dmin, xq, xd, xbs, out, n4)
+        return
     for c in prange((rows + _KQ_ROWS - 1) // _KQ_ROWS):
         res = np.empty(8, np.float32)
         r0 = c * _KQ_ROWS
@@ -887,12 +1020,25 @@ def act_float(act) -> np.ndarray:
     return act[0] if len(act) == 1 else dequant_act(act[0], act[1])
 
 
-def matvec(w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None) -> np.ndarray:
-    """``x @ W.T`` for a few rows of activations (decode), on the quantized blocks."""
+def matvec(
+    w: QWeight, x: np.ndarray, out: np.ndarray | None = None, act=None, gemm_cols: int | None = None
+) -> np.ndarray:
+    """``x @ W.T`` for a few rows of activations (decode), on the quantized blocks.
+
+    ``gemm_cols``: for Q4_K weights of a multiple of 8 rows (which llama.cpp repacks), how many
+    leading activation rows take its gemm's arithmetic rather than its gemv's (default
+    :func:`q4k_gemm_cols`, llama.cpp's rule for one call); ignored for other weights."""
     act = quantize_act(w, x) if act is None else act
     n = act[0].shape[0]
     if out is None:
         out = np.empty((n, w.rows), np.float32)
+    if w.qtype == "Q4_K" and w.rows % 8 == 0:
+        ng = q4k_gemm_cols(n) if gemm_cols is None else int(gemm_cols)
+        if not 0 <= ng <= n:
+            raise ValueError(f"gemm_cols={gemm_cols} for {n} activation rows")
+        f = w.fields
+        _q4k_llama(f[0], f[1], f[2], f[3], f[4], act[0], act[1], act[2], out, ng)
+        return out
     f = w.fields
     name = w.qtype
     if name == "Q8_0":
@@ -943,6 +1089,38 @@ def matmul_dense(w: QWeight, x: np.ndarray, act=None, chunk_rows: int = 4096) ->
     if corr is not None:
         out += corr
     return out
+
+
+def q4k_repack_ref(w: QWeight, xq: np.ndarray, xd: np.ndarray, xb: np.ndarray, gemm_cols: int) -> np.ndarray:
+    """NumPy reference of llama.cpp's repacked Q4_K mat-mul (what :func:`matvec` computes for Q4_K
+    weights of a multiple of 8 rows): Q8_K activations ``xq, xd, xb`` (n, ...), the first
+    ``gemm_cols`` columns with ``ggml_gemm_q4_K_8x8_q8_K``'s arithmetic (an f32 fused multiply-add
+    per 64-element sub-block pair), the others with ``ggml_gemv_q4_K_8x8_q8_K``'s (one per block);
+    exact integers, :func:`~.fmath.fma32_ref` for the fused steps.  (n, rows) f32."""
+    qs, sc, mn, d, dmin = w.fields
+    rows, nb = d.shape
+    n = xq.shape[0]
+    q = qs.reshape(rows, nb, 4, 32).astype(np.int64)
+    codes = np.empty((rows, nb, 8, 32), np.int64)
+    codes[:, :, 0::2] = q & 15
+    codes[:, :, 1::2] = q >> 4
+    dots = np.einsum("rbse,tbse->trbs", codes, xq.reshape(n, nb, 8, 32).astype(np.int64))
+    isc = dots * sc.reshape(rows, nb, 8).astype(np.int64)  # (n, rows, nb, 8)
+    b32 = xb.reshape(n, nb, 8, 2).astype(np.int64).sum(-1)
+    imin = b32[:, None] * mn.reshape(rows, nb, 8).astype(np.int64)
+    per_pair = np.arange(n) < gemm_cols
+    acc = np.zeros((n, rows), np.float32)
+    accm = np.zeros((n, rows), np.float32)
+    for b in range(nb):
+        s = d[None, :, b] * xd[:, b, None]  # f32 products, as the kernels form them
+        sm = dmin[None, :, b] * xd[:, b, None]
+        for p in range(4):
+            i = np.where(per_pair[:, None], isc[:, :, b, 2 * p : 2 * p + 2].sum(-1), isc[:, :, b].sum(-1))
+            im = np.where(per_pair[:, None], imin[:, :, b, 2 * p : 2 * p + 2].sum(-1), imin[:, :, b].sum(-1))
+            gv = per_pair[:, None] | (p == 0)  # gemv columns: one step per block
+            acc = np.where(gv, fma32_ref(i.astype(np.float32), s, acc), acc)
+            accm = np.where(gv, fma32_ref(im.astype(np.float32), sm, accm), accm)
+    return (acc - accm).astype(np.float32)
 
 
 def matmul_ref(w_f32: np.ndarray, qtype: str, x: np.ndarray, w_min: np.ndarray | None = None) -> np.ndarray:

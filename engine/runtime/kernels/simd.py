@@ -778,3 +778,259 @@ def hsum4(typingctx, acc, off):
         return _hsum_f32(builder, _lanes_at(builder, args[0], args[1], _V4F), 4)
 
     return types.float32(acc, off), codegen
+
+
+# ============================================================================ Q4_K × Q8_K, repack
+#
+# llama.cpp runs Q4_K weights whose row count is a multiple of 8 through its CPU "repack" buffer
+# (ggml-cpu/repack.cpp, arch/x86/repack.cpp), not through ggml_vec_dot_q4_K_q8_K, and its integer
+# sums are grouped differently: per weight row and activation column,
+#
+# - gemm (``ggml_gemm_q4_K_8x8_q8_K``, the first ne11 - ne11 % 4 columns): for each 64-element
+#   pair of sub-blocks ``p`` of each block, the exact int32 ``i = sc[2p]·dot(2p) + sc[2p+1]·dot(2p+1)``
+#   goes into ``acc = fma(f32(i), d_w·d_x, acc)`` and ``im = mn[2p]·bs32(2p) + mn[2p+1]·bs32(2p+1)``
+#   (bs32: the activations' 32-element sums) into ``accm = fma(f32(im), dmin_w·d_x, accm)``;
+#   the result is ``acc - accm``;
+# - gemv (``ggml_gemv_q4_K_8x8_q8_K``, every other column, decode included): the same with the
+#   integers summed over the whole 256-element block before the one ``fma`` per block.
+#
+# :func:`q4k_isum` gives the gemv's block integer; :func:`q4k_tok16` / :func:`q4k_tok16x2` run the
+# gemm for 16 activation columns at once, one per f32 lane (no horizontal sums: lane t is exactly
+# the scalar sequence of column t), from unpacked weight codes and activations laid out
+# token-interleaved (see the intrinsics).  The integers are exact on every path, so the paths give
+# the same bits.
+
+
+def _q4r_path(context, forced: str | None) -> str:
+    if forced is not None:
+        return forced
+    feats = _features(context)
+    if "+avx512vnni" in feats and "+avx512bw" in feats:
+        return "vnni"
+    if "+avx512bw" in feats:
+        return "avx512bw"
+    return "generic"
+
+
+def _dot4_u8s8(builder, acc: ir.Value, w: ir.Value, x: ir.Value, path: str) -> ir.Value:
+    """``acc`` + <16 x i32> lane i = Σ_{j<4} w[4i+j]·x[4i+j] of <64 x i8> ``w`` (unsigned codes
+    ≤ 15) and ``x`` (int8): ``vpdpbusd``; without VNNI ``pmaddubsw`` (pair sums ≤ 2·15·128, exact)
+    then ``pmaddwd`` by ones; else plain vector IR."""
+    mod = builder.module
+    v64i8, v32i16 = _vec(_I8, 64), _vec(_I16, 32)
+    if path == "vnni":
+        dp = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(_V16I32, [_V16I32, _V16I32, _V16I32]), "llvm.x86.avx512.vpdpbusd.512"
+        )
+        return builder.call(dp, [acc, builder.bitcast(w, _V16I32), builder.bitcast(x, _V16I32)])
+    if path == "avx512bw":
+        ub = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(v32i16, [v64i8, v64i8]), "llvm.x86.avx512.pmaddubs.w.512"
+        )
+        wd = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(_V16I32, [v32i16, v32i16]), "llvm.x86.avx512.pmaddw.d.512"
+        )
+        ones = ir.Constant(v32i16, [1] * 32)
+        return builder.add(acc, builder.call(wd, [builder.call(ub, [w, x]), ones]))
+    v64i32 = _vec(_I32, 64)
+    prod = builder.mul(builder.zext(w, v64i32), builder.sext(x, v64i32))
+    for j in range(4):
+        acc = builder.add(acc, builder.shuffle_vector(prod, prod, _mask(range(j, 64, 4))))
+    return acc
+
+
+def _splat_val(builder, v: ir.Value, vt: ir.VectorType) -> ir.Value:
+    s = builder.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(s, s, _mask([0] * vt.count))
+
+
+def _fma_v(context, builder, accp, f: ir.Value, s: ir.Value) -> None:
+    """``acc = fma(f, s, acc)`` on 16 f32 lanes, always fused (llama.cpp's ``_mm*_fmadd_ps``)."""
+    ap = builder.bitcast(accp, _V16F.as_pointer())
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V16F, [_V16F] * 3), "llvm.fma.v16f32"
+    )
+    builder.store(builder.call(fma, [f, s, builder.load(ap)]), ap)
+
+
+def _make_q4r(forced: str | None):
+    """(q4k_isum, q4k_tok16, q4k_tok16x2) for one instruction path (``None``: this CPU's best)."""
+    u8, i8, i32, f32 = types.uint8, types.int8, types.int32, types.float32
+
+    @intrinsic
+    def q4k_isum(typingctx, q, qo, sc, so, x, xo):
+        """The exact int32 ``Σ_s sc[so+s]·Σ_{e<32} code(32s+e)·x[xo+32s+e]`` of one Q4_K block
+        (``q[qo:qo+128]`` packed nibbles, ``sc[so:so+8]``) × Q8_K codes ``x[xo:xo+256]``: the
+        integer ``ggml_gemv_q4_K_8x8_q8_K`` scales once per block."""
+        if not (_is_vec(q, u8) and _is_vec(sc, u8) and _is_vec(x, i8)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            path = _kq_path(context, forced)
+            sums = _qk_sums(
+                context,
+                builder,
+                path,
+                (ty[0], args[0], args[1]),
+                None,
+                (ty[2], args[2], args[3]),
+                [(ty[4], args[4], args[5])],
+            )
+            return _hsum_i32(builder, sums[0], 16)
+
+        return types.int32(q, qo, sc, so, x, xo), codegen
+
+    def tok16(nrows: int):
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            path = _q4r_path(context, forced)
+            # args: (acc, accm) * nrows, w * nrows, wo, sc * nrows, mn * nrows, so,
+            #       xT, xo, bT, bo, dx, dxo, (dw, dmin) * nrows
+            accs = [(args[2 * r], args[2 * r + 1]) for r in range(nrows)]
+            k = 2 * nrows
+            ws = [(ty[k + r], args[k + r]) for r in range(nrows)]
+            wo = args[k + nrows]
+            k += nrows + 1
+            scs = [(ty[k + r], args[k + r]) for r in range(nrows)]
+            mns = [(ty[k + nrows + r], args[k + nrows + r]) for r in range(nrows)]
+            k += 2 * nrows
+            so = args[k]
+            (xt, xa, xo), (bt, ba, bo), (dt, da, dxo) = (
+                (ty[k + 1], args[k + 1], args[k + 2]),
+                (ty[k + 3], args[k + 3], args[k + 4]),
+                (ty[k + 5], args[k + 5], args[k + 6]),
+            )
+            k += 7
+            dws = [(args[k + 2 * r], args[k + 2 * r + 1]) for r in range(nrows)]
+            dx = _load(context, builder, dt, da, dxo, _V16F, align=4)
+            scales = [
+                (
+                    builder.fmul(_splat_val(builder, dw, _V16F), dx),
+                    builder.fmul(_splat_val(builder, dm, _V16F), dx),
+                )
+                for dw, dm in dws
+            ]
+            v64i8 = _vec(_I8, 64)
+            for p in range(4):
+                dots = [[ir.Constant(_V16I32, None)] * 2 for _ in range(nrows)]
+                for h in range(2):
+                    s = 2 * p + h
+                    for g in range(8):
+                        xv = _load(context, builder, xt, xa, _at(builder, xo, (s * 8 + g) * 64), v64i8)
+                        for r, (wt, wa) in enumerate(ws):
+                            w4 = _load(
+                                context, builder, wt, wa, _at(builder, wo, s * 32 + 4 * g), _vec(_I8, 4)
+                            )
+                            w4 = builder.bitcast(w4, _I32)
+                            wv = builder.bitcast(_splat_val(builder, w4, _V16I32), v64i8)
+                            dots[r][h] = _dot4_u8s8(builder, dots[r][h], wv, xv, path)
+                bs0 = _load(context, builder, bt, ba, _at(builder, bo, 32 * p), _V16I32, align=4)
+                bs1 = _load(context, builder, bt, ba, _at(builder, bo, 32 * p + 16), _V16I32, align=4)
+                for r in range(nrows):
+
+                    def byte(arr, i):
+                        v = _load(context, builder, arr[0], arr[1], _at(builder, so, i), _I8)
+                        return _splat_val(builder, builder.zext(v, _I32), _V16I32)
+
+                    isum = builder.add(
+                        builder.mul(dots[r][0], byte(scs[r], 2 * p)),
+                        builder.mul(dots[r][1], byte(scs[r], 2 * p + 1)),
+                    )
+                    imin = builder.add(
+                        builder.mul(bs0, byte(mns[r], 2 * p)), builder.mul(bs1, byte(mns[r], 2 * p + 1))
+                    )
+                    _fma_v(context, builder, accs[r][0], builder.sitofp(isum, _V16F), scales[r][0])
+                    _fma_v(context, builder, accs[r][1], builder.sitofp(imin, _V16F), scales[r][1])
+            return context.get_dummy_value()
+
+        return codegen
+
+    def ok_tok(w, sc, mn, xT, bT, dx) -> bool:
+        return (
+            _is_vec(w, u8)
+            and _is_vec(sc, u8)
+            and _is_vec(mn, u8)
+            and _is_vec(xT, i8)
+            and _is_vec(bT, i32)
+            and _is_vec(dx, f32)
+        )
+
+    @intrinsic
+    def q4k_tok16(typingctx, acc, accm, w, wo, sc, mn, so, xT, xo, bT, bo, dx, dxo, dw, dmin):
+        """One Q4_K block of one weight row × 16 activation columns (f32 lane t = column t) with
+        ``ggml_gemm_q4_K_8x8_q8_K``'s arithmetic: for each sub-block pair p,
+        ``acc = fma(f32(sc[2p]·dot(2p) + sc[2p+1]·dot(2p+1)), dw·dx, acc)`` and
+        ``accm = fma(f32(mn[2p]·bT(2p) + mn[2p+1]·bT(2p+1)), dmin·dx, accm)``.
+
+        ``w[wo:wo+256]``: the block's codes unpacked to bytes in element order; ``sc``, ``mn``
+        ``[so:so+8]``: its scales and mins; ``xT[xo:xo+4096]``: the 16 columns' Q8_K codes of the
+        block interleaved by 4 (element e of column t at ``(e//4)·64 + 4t + e%4``);
+        ``bT[bo:bo+128]``: their 32-element sums (sub-block s of column t at ``16s + t``);
+        ``dx[dxo:dxo+16]``: their scales; ``dw``, ``dmin``: the row's block scales."""
+        if not ok_tok(w, sc, mn, xT, bT, dx):
+            return None
+        sig = types.void(acc, accm, w, wo, sc, mn, so, xT, xo, bT, bo, dx, dxo, f32, f32)
+        return sig, tok16(1)
+
+    @intrinsic
+    def q4k_tok16x2(
+        typingctx,
+        acc0,
+        accm0,
+        acc1,
+        accm1,
+        w0,
+        w1,
+        wo,
+        sc0,
+        sc1,
+        mn0,
+        mn1,
+        so,
+        xT,
+        xo,
+        bT,
+        bo,
+        dx,
+        dxo,
+        dw0,
+        dmin0,
+        dw1,
+        dmin1,
+    ):
+        """:func:`q4k_tok16` for two weight rows at once (each activation load serves both)."""
+        if not (ok_tok(w0, sc0, mn0, xT, bT, dx) and ok_tok(w1, sc1, mn1, xT, bT, dx)):
+            return None
+        sig = types.void(
+            acc0,
+            accm0,
+            acc1,
+            accm1,
+            w0,
+            w1,
+            wo,
+            sc0,
+            sc1,
+            mn0,
+            mn1,
+            so,
+            xT,
+            xo,
+            bT,
+            bo,
+            dx,
+            dxo,
+            f32,
+            f32,
+            f32,
+            f32,
+        )
+        return sig, tok16(2)
+
+    return q4k_isum, q4k_tok16, q4k_tok16x2
+
+
+q4k_isum, q4k_tok16, q4k_tok16x2 = _make_q4r(None)
+# the other paths, for tests that hold every path to the same bits
+Q4R_PATHS = {p: _make_q4r(p) for p in ("vnni", "avx512bw", "generic")}
