@@ -361,7 +361,9 @@ def test_kquant_matvec_is_llama_cpp_bit_for_bit(name):
         np.ascontiguousarray(blocks[:, :, 260:]).view(np.int16).reshape(len(x), -1).astype(np.int32),
     )
     np.testing.assert_array_equal(matvec(w, x, act=act).view(np.uint32), dot.view(np.uint32))
-    for n in (1, 5, 9):  # the tokens repeated: one-token and 2 x 4 tiles of the kernel
+    # the tokens repeated: one-token and 2 x 4 tiles of the kernel (Q6_K: llama.cpp runs 8 or more
+    # tokens through its tiled kernel instead of this vec_dot, see below)
+    for n in (1, 5, 9) if name != "Q6_K" else (1, 5, 7):
         xs = np.resize(x, (n, x.shape[1]))
         got = qgemm(w, xs)
         np.testing.assert_array_equal(got.view(np.uint32), np.resize(dot, got.shape).view(np.uint32))
@@ -434,3 +436,67 @@ def test_q4k_repacked_kernel_equals_numpy_reference(rows):
             )
     with pytest.raises(ValueError):
         matvec(w, x, gemm_cols=n + 1)
+
+
+def _q6k_cases():
+    fx = np.load(FIXTURES / "Q6_K_tiled.npz")
+    return [(fx[f"c{c}_raw"], fx[f"c{c}_x"], fx[f"c{c}_out"]) for c in range(len(fx.files) // 3)]
+
+
+@pytest.mark.skipif(
+    not __import__("engine.runtime.kernels.simd", fromlist=["has_fma"]).has_fma(), reason="no FMA"
+)
+def test_q6k_matmul_is_llama_cpp_bit_for_bit():
+    """Q6_K mat-muls of 8 or more activation rows run llama.cpp's tiled arithmetic (its
+    ggml_compute_forward_mul_mat_tiled: one fused multiply-add per block), fewer its vec_dot's: the
+    default model's own ffn_down matrices and activations on both sides of the threshold
+    (tests/fixtures/kernels/Q6_K_tiled.npz, made by scripts/make_q6k_repack_fixture.py from
+    llama.cpp's graph) give llama.cpp's outputs bit for bit, through matvec, qgemm and the NumPy
+    reference; each case is not what the other arithmetic gives."""
+    from engine.runtime.kernels.actquant import quantize_q8_k
+    from engine.runtime.kernels.qgemm import qgemm
+    from engine.runtime.kernels.qmatmul import _q6k_llama, q6k_tiled, q6k_tiled_ref
+
+    cases = _q6k_cases()
+    assert [len(x) for _, x, _ in cases] == [8, 7]
+    assert [q6k_tiled(len(x)) for _, x, _ in cases] == [True, False]
+    for raw, x, want in cases:
+        w = repack(raw, IDS["Q6_K"], raw.shape[0], x.shape[1])
+        bits = want.view(np.uint32)
+        np.testing.assert_array_equal(matvec(w, x).view(np.uint32), bits)
+        np.testing.assert_array_equal(qgemm(w, x).view(np.uint32), bits)
+        act = quantize_q8_k(x)
+        ref = q6k_tiled_ref(w, *act[:2])
+        other = np.empty_like(want)
+        _q6k_llama(*w.fields, *act, other, not q6k_tiled(len(x)))  # the other arithmetic
+        for wrong in (other, ref) if not q6k_tiled(len(x)) else (other,):
+            assert (wrong != want).any(axis=1).all()  # every column differs somewhere
+        if q6k_tiled(len(x)):
+            np.testing.assert_array_equal(ref.view(np.uint32), bits)
+
+
+@pytest.mark.parametrize("rows", [37, 16])
+def test_q6k_tiled_kernel_equals_numpy_reference(rows):
+    """The tiled Q6_K kernel against its NumPy reference: one and several 16-column lane groups, a
+    partial one, more than one pass of lane groups (70 columns), odd rows (37 = 2 x 16 + 5: the
+    last task ends in a single row), the largest codes and an all-zero activation super-block."""
+    from engine.runtime.kernels.actquant import quantize_q8_k
+    from engine.runtime.kernels.qmatmul import _q6k_llama, q6k_tiled_ref
+
+    cols = 768
+    raw = _random_blocks("Q6_K", rows, cols, 4000 + rows)
+    raw.reshape(rows, -1, 210)[0, 0, :192] = 0xFF  # codes 63
+    w = repack(raw, IDS["Q6_K"], rows, cols)
+    rng = np.random.default_rng(rows)
+    for n in (1, 7, 8, 16, 17, 70):
+        x = (rng.standard_normal((n, cols)) * rng.uniform(0.1, 30, (n, 1))).astype(np.float32)
+        x[0, 256:512] = 0.0
+        act = quantize_q8_k(x)
+        got = np.full((n, rows), np.nan, np.float32)
+        _q6k_llama(*w.fields, *act, got, True)
+        want = q6k_tiled_ref(w, *act[:2])
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"n={n}")
+        if n >= 8:  # matvec and qgemm take the tiled kernel from 8 rows on, the vec_dot below
+            np.testing.assert_array_equal(matvec(w, x).view(np.uint32), want.view(np.uint32))
+        else:
+            assert not np.array_equal(matvec(w, x), want)

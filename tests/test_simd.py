@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from numba import njit
+from numba import carray, njit
 
 from engine.runtime.kernels import fmath, simd
 from engine.runtime.kernels.qmatmul import _mv_q8_0
@@ -315,14 +315,14 @@ def test_kquant_blocks_match_numpy_model_bitwise(path):
 
 @pytest.mark.parametrize("kind", sorted(KQ_IDS))
 def test_mv_kquants_are_the_model_for_every_token_and_row(kind):
-    from engine.runtime.kernels.qmatmul import _NO_QH, _mv_q6_k, _mv_qk
+    from engine.runtime.kernels.qmatmul import _NO_QH, _mv_q6k_vecdot, _mv_qk
 
     for n in (1, 3, 4, 9):  # below, at and past the four-token tile, with a remainder
         w, xq, xd, xb = _kq_data(kind, 19, 512, n, n)  # odd rows: a single row after the pairs
         out = np.full((n, w.rows), np.nan, np.float32)
         f = w.fields
-        if kind == "Q6_K":
-            _mv_q6_k(*f, xq, xd, xb, out)
+        if kind == "Q6_K":  # llama.cpp's vec_dot kernel (its tiled one, from 8 tokens: below)
+            _mv_q6k_vecdot(*f, xq, xd, xb, out)
         else:
             _mv_qk(*f[:5], f[5] if kind == "Q5_K" else _NO_QH, kind == "Q5_K", xq, xd, xb, out)
         want = [
@@ -330,3 +330,59 @@ def test_mv_kquants_are_the_model_for_every_token_and_row(kind):
             for t in range(n)
         ]
         np.testing.assert_array_equal(out.view(np.uint32), np.array(want, np.float32).view(np.uint32))
+
+
+def _q6t_kernel(tok16, tok16x2):
+    """A Q6_K tiled mat-mul of a few rows × one 16-column lane group built from one path's
+    intrinsics (rows in pairs, then a single row), as qmatmul._mv_q6k_tiled uses them."""
+    acc16 = simd.acc16
+
+    @njit(cache=False)
+    def run(codes, sc, d, xT, bT, dx, out):
+        rows, nb = d.shape
+        r = 0
+        while r < rows:
+            two = r + 1 < rows
+            p0, p1 = acc16(), acc16()
+            for b in range(nb):
+                if two:
+                    tok16x2(p0, p1, codes[r], codes[r + 1], b * 256, sc[r], sc[r + 1], b * 16,
+                            xT[0], b * 4096, bT[0], b * 256, dx[0], b * 16, d[r, b], d[r + 1, b])  # fmt: skip
+                else:
+                    tok16(p0, codes[r], b * 256, sc[r], b * 16, xT[0], b * 4096, bT[0], b * 256,
+                          dx[0], b * 16, d[r, b])  # fmt: skip
+            a0, a1 = carray(p0, 16), carray(p1, 16)
+            for t in range(out.shape[0]):
+                out[t, r] = a0[t]
+                if two:
+                    out[t, r + 1] = a1[t]
+            r += 2 if two else 1
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["native"]
+    + [
+        pytest.param(p, marks=pytest.mark.skipif(not _can(p), reason=f"this CPU cannot run the {p} path"))
+        for p in simd.Q6T_PATHS
+    ],
+)
+def test_q6k_tiled_intrinsics_match_numpy_model_bitwise(path):
+    """q6k_tok16 / q6k_tok16x2 on every instruction path this CPU runs are the NumPy model of
+    llama.cpp's tiled Q6_K arithmetic (qmatmul.q6k_tiled_ref), bit for bit, on every lane."""
+    from engine.runtime.kernels.qmatmul import _q6k_codes, _q8k_tok16_q6, q6k_tiled_ref
+
+    fns = (simd.q6k_tok16, simd.q6k_tok16x2) if path == "native" else simd.Q6T_PATHS[path]
+    run = _q6t_kernel(*fns)
+    for seed in range(4):
+        w, xq, xd, xb = _kq_data("Q6_K", 5, 768, 16, seed)  # two pairs and a single row
+        ql, qh, sc, d = w.fields
+        codes = np.empty((w.rows, 768), np.uint8)
+        for r in range(w.rows):
+            _q6k_codes(ql[r], qh[r], codes[r])
+        out = np.full((16, w.rows), np.nan, np.float32)
+        run(codes, sc, d, *_q8k_tok16_q6(xq, xd, xb), out)
+        want = q6k_tiled_ref(w, xq, xd)
+        np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32), err_msg=f"seed {seed}")

@@ -28,7 +28,9 @@ the same float operations in the same order, so prefill and decode logits stay i
   integer lanes per block into 8 f32 lanes kept across blocks, :mod:`.simd`), two rows × four
   tokens per pass with each row block unpacked once for the four tokens (640 × 2048 × 512 tokens
   on one Zen 5 thread: Q4_K ~90, Q6_K ~88 GMAC/s, against ~45 and ~60-74 for the int16 row-block
-  kernels they replaced, which summed each block horizontally).
+  kernels they replaced, which summed each block horizontally).  From 8 tokens Q6_K runs
+  llama.cpp's tiled arithmetic instead (its ``ggml_compute_forward_mul_mat_tiled``: 16 token lanes
+  per f32 vector, one fused multiply-add per block; ~175 GMAC/s there).
 
 Below :data:`MATVEC_BELOW` tokens (a few; 16 for Q5_0, whose tiles are 64 tokens) ``qgemm`` runs
 ``matvec``'s kernel, so it can be called for any token count.

@@ -57,6 +57,8 @@ from engine.runtime.kernels.simd import (
     q5k_block2,
     q6k_block,
     q6k_block2,
+    q6k_tok16,
+    q6k_tok16x2,
 )
 
 # ggml type ids -> (name, block elements, block bytes)
@@ -920,6 +922,100 @@ def _q4k_llama(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm):
     _mv_q4k_repack(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm, xT, bT, dx)
 
 
+# Q6_K as llama.cpp computes it for 8 or more activation columns: its CPU "tiled" mat-mul
+# (ggml_compute_forward_mul_mat_tiled; the arithmetic is described in engine.runtime.kernels.simd,
+# "Q6_K × Q8_K, tiled"), for every column of the call; fewer columns go through its vec_dot.
+# The columns run 16 at a time, one per f32 lane (q6k_tok16x2), as the Q4_K gemm's do.
+Q6K_TILED_MIN = 8  # llama.cpp's ggml_tiled_min_batch
+
+
+def q6k_tiled(n: int) -> bool:
+    """Whether llama.cpp runs a Q6_K mat-mul of ``n`` activation columns through its tiled kernel
+    (else ``ggml_vec_dot_q6_K_q8_K`` per column)."""
+    return n >= Q6K_TILED_MIN
+
+
+@njit(**KERNEL, parallel=True)
+def _q8k_tok16_q6(xq, xd, xbs):
+    """Q8_K activations in :func:`~.simd.q6k_tok16`'s layout, 16 columns per group (the last
+    group padded with zero columns): codes ``xT`` (G, K·16) int8 as :func:`_q8k_tok16`,
+    ``-32·`` the 16-element sums ``bT`` (G, K/16·16) int32, scales ``dx`` (G, K/256·16) f32."""
+    n, k = xq.shape
+    nb = xd.shape[1]
+    ng = (n + _TOK - 1) // _TOK
+    xT = np.zeros((ng, k * _TOK), np.int8)
+    bT = np.zeros((ng, nb * 16 * _TOK), np.int32)
+    dx = np.zeros((ng, nb * _TOK), np.float32)
+    for g in prange(ng):
+        for lane in range(min(_TOK, n - g * _TOK)):
+            t = g * _TOK + lane
+            for e in range(k):
+                xT[g, (e >> 2) * 64 + lane * 4 + (e & 3)] = xq[t, e]
+            for s in range(nb * 16):
+                bT[g, s * _TOK + lane] = -32 * xbs[t, s]
+            for b in range(nb):
+                dx[g, b * _TOK + lane] = xd[t, b]
+    return xT, bT, dx
+
+
+@njit(**KERNEL)
+def _q6k_codes(ql, qh, out):
+    """One Q6_K row's codes (0..63, ``ql`` K/2 low nibbles, ``qh`` K/4 high bit pairs) as bytes
+    in element order into ``out`` (K)."""
+    for b in range(ql.shape[0] // 128):
+        for h in range(2):
+            lo = b * 128 + 64 * h
+            ho = b * 64 + 32 * h
+            e = b * 256 + 128 * h
+            for li in range(32):
+                a = ql[lo + li]
+                a2 = ql[lo + 32 + li]
+                hb = qh[ho + li]
+                out[e + li] = (a & 15) | ((hb & 3) << 4)
+                out[e + 32 + li] = (a2 & 15) | (((hb >> 2) & 3) << 4)
+                out[e + 64 + li] = (a >> 4) | (((hb >> 4) & 3) << 4)
+                out[e + 96 + li] = (a2 >> 4) | (((hb >> 6) & 3) << 4)
+
+
+@njit(**KERNEL, parallel=True)
+def _mv_q6k_tiled(ql, qh, sc, d, out, xT, bT, dx):
+    """Q6_K rows · every Q8_K activation column (``xT, bT, dx`` from :func:`_q8k_tok16_q6`) with
+    llama.cpp's tiled arithmetic (:func:`~.simd.q6k_tok16`), two rows × 16 columns at a time."""
+    rows = ql.shape[0]
+    n = out.shape[0]
+    nb = d.shape[1]
+    ng = xT.shape[0]
+    for c in prange((rows + _KQ_ROWS - 1) // _KQ_ROWS):
+        r0 = c * _KQ_ROWS
+        r1 = min(rows, r0 + _KQ_ROWS)
+        codes = np.empty((_KQ_ROWS, nb * 256), np.uint8)
+        for r in range(r0, r1):
+            _q6k_codes(ql[r], qh[r], codes[r - r0])
+        for g0 in range(0, ng, _TOK_GROUPS):
+            r = r0
+            while r < r1:
+                two = r + 1 < r1
+                for g in range(g0, min(ng, g0 + _TOK_GROUPS)):
+                    p0, p1 = acc16(), acc16()
+                    for b in range(nb):
+                        if two:
+                            q6k_tok16x2(
+                                p0, p1, codes[r - r0], codes[r + 1 - r0], b * 256, sc[r], sc[r + 1], b * 16,
+                                xT[g], b * 4096, bT[g], b * 256, dx[g], b * _TOK, d[r, b], d[r + 1, b],
+                            )  # fmt: skip
+                        else:
+                            q6k_tok16(
+                                p0, codes[r - r0], b * 256, sc[r], b * 16,
+                                xT[g], b * 4096, bT[g], b * 256, dx[g], b * _TOK, d[r, b],
+                            )  # fmt: skip
+                    a0, a1 = carray(p0, _TOK), carray(p1, _TOK)
+                    for lane in range(min(_TOK, n - g * _TOK)):
+                        out[g * _TOK + lane, r] = a0[lane]
+                        if two:
+                            out[g * _TOK + lane, r + 1] = a1[lane]
+                r += 2 if two else 1
+
+
 @njit(**KERNEL, parallel=True)
 def _mv_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
     """Q4_K (``has_qh`` False) / Q5_K rows · Q8_K activations (codes ``xq`` (n, K), scales ``xd``
@@ -957,9 +1053,9 @@ def _mv_qk(qs, sc, mn, d, dmin, qh, has_qh, xq, xd, xbs, out):
 
 
 @njit(**KERNEL, parallel=True)
-def _mv_q6_k(ql, qh, sc, d, xq, xd, xbs, out):
-    """Q6_K rows · Q8_K activations (as :func:`_mv_qk`): :func:`_q6k_dot1` for every (token,
-    row), two rows × four tokens at a time."""
+def _mv_q6k_vecdot(ql, qh, sc, d, xq, xd, xbs, out):
+    """Q6_K rows · Q8_K activations with ``ggml_vec_dot_q6_K_q8_K``'s arithmetic (as
+    :func:`_mv_qk`): :func:`_q6k_dot1` for every (token, row), two rows × four tokens at a time."""
     rows = ql.shape[0]
     n = xq.shape[0]
     n4 = n - n % 4
@@ -978,6 +1074,24 @@ def _mv_q6_k(ql, qh, sc, d, xq, xd, xbs, out):
         for r in range(r0, r1):
             for t in range(n4 if r < r2 else 0, n):
                 out[t, r] = _q6k_dot1(ql[r], qh[r], sc[r], d[r], xq[t], xd[t], xbs[t])
+
+
+@njit(**KERNEL)
+def _q6k_llama(ql, qh, sc, d, xq, xd, xbs, out, tiled):
+    """Q6_K rows · Q8_K activations with llama.cpp's tiled arithmetic (``tiled``,
+    :func:`_mv_q6k_tiled`) or its vec_dot's (:func:`_mv_q6k_vecdot`)."""
+    if tiled:
+        xT, bT, dx = _q8k_tok16_q6(xq, xd, xbs)
+        _mv_q6k_tiled(ql, qh, sc, d, out, xT, bT, dx)
+    else:
+        _mv_q6k_vecdot(ql, qh, sc, d, xq, xd, xbs, out)
+
+
+@njit(**KERNEL)
+def _mv_q6_k(ql, qh, sc, d, xq, xd, xbs, out):
+    """Q6_K rows · Q8_K activations as llama.cpp computes them: its tiled mat-mul for 8 or more
+    activation rows (:func:`q6k_tiled`), ``ggml_vec_dot_q6_K_q8_K`` below (decode)."""
+    _q6k_llama(ql, qh, sc, d, xq, xd, xbs, out, xq.shape[0] >= Q6K_TILED_MIN)
 
 
 def quantize_act(w: QWeight, x: np.ndarray):
@@ -1121,6 +1235,29 @@ def q4k_repack_ref(w: QWeight, xq: np.ndarray, xd: np.ndarray, xb: np.ndarray, g
             acc = np.where(gv, fma32_ref(i.astype(np.float32), s, acc), acc)
             accm = np.where(gv, fma32_ref(im.astype(np.float32), sm, accm), accm)
     return (acc - accm).astype(np.float32)
+
+
+def q6k_tiled_ref(w: QWeight, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+    """NumPy reference of llama.cpp's tiled Q6_K mat-mul (what :func:`matvec` computes for Q6_K
+    weights and 8 or more activation rows): Q8_K activations ``xq, xd`` (n, ...); per block the
+    exact integer ``Σ_s sc[s]·Σ_e (code - 32)·x``, times the row's scale in f32, fused into the
+    accumulator times the column's scale (:func:`~.fmath.fma32_ref`).  (n, rows) f32."""
+    ql, qh, sc, d = w.fields
+    rows, nb = d.shape
+    n = xq.shape[0]
+    lo = ql.reshape(rows, nb, 2, 2, 32).astype(np.int64)  # [h][ql half][li]
+    hi = qh.reshape(rows, nb, 2, 1, 32).astype(np.int64)
+    q = np.empty((rows, nb, 2, 4, 32), np.int64)
+    q[:, :, :, 0:2] = (lo & 15) | (((hi >> np.array([0, 2]).reshape(2, 1)) & 3) << 4)
+    q[:, :, :, 2:4] = (lo >> 4) | (((hi >> np.array([4, 6]).reshape(2, 1)) & 3) << 4)
+    q = q.reshape(rows, nb, 16, 16) - 32
+    dots = np.einsum("rbse,tbse->trbs", q, xq.reshape(n, nb, 16, 16).astype(np.int64))
+    isum = (dots * sc.reshape(rows, nb, 16).astype(np.int64)).sum(-1)  # (n, rows, nb)
+    acc = np.zeros((n, rows), np.float32)
+    for b in range(nb):
+        r = isum[:, :, b].astype(np.float32) * d[None, :, b]  # f32 product, as the kernel forms it
+        acc = fma32_ref(r, np.broadcast_to(xd[:, b, None], r.shape).astype(np.float32), acc)
+    return acc.astype(np.float32)
 
 
 def matmul_ref(w_f32: np.ndarray, qtype: str, x: np.ndarray, w_min: np.ndarray | None = None) -> np.ndarray:

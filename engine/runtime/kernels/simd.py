@@ -1034,3 +1034,98 @@ def _make_q4r(forced: str | None):
 q4k_isum, q4k_tok16, q4k_tok16x2 = _make_q4r(None)
 # the other paths, for tests that hold every path to the same bits
 Q4R_PATHS = {p: _make_q4r(p) for p in ("vnni", "avx512bw", "generic")}
+
+
+# ============================================================================ Q6_K × Q8_K, tiled
+#
+# llama.cpp (this build) does not repack Q6_K on x86; for a mat-mul of 8 or more activation columns
+# its CPU backend runs Q6_K through its "tiled" mat-mul (ggml-cpu tiled.cpp /
+# tiled-kernel.cpp, ``ggml_compute_forward_mul_mat_tiled``; the AVX-512 VNNI microkernel here), and
+# below 8 columns through ``ggml_vec_dot_q6_K_q8_K`` (:func:`q6k_block`).  Per weight row and
+# activation column, the tiled kernel takes each 256-element block's exact integer
+# ``i = Σ_s sc[s]·Σ_{e<16} (code(16s+e) - 32)·x(16s+e)`` (16 sub-blocks of 16, codes 0..63), then
+# ``r = f32(i)·d_w`` (rounded) and ``acc = fma(r, d_x, acc)``, block after block from ``acc = 0``.
+#
+# :func:`q6k_tok16` / :func:`q6k_tok16x2` run that for 16 activation columns at once, one per f32
+# lane (lane t is exactly column t's scalar sequence), from the weight codes unpacked to bytes and
+# the activations laid out as for :func:`q4k_tok16`; the -32 enters as each sub-block dot's start
+# value ``-32·bsum16`` (exact integers, so every path gives the same bits).
+
+
+def _make_q6t(forced: str | None):
+    """(q6k_tok16, q6k_tok16x2) for one instruction path (``None``: this CPU's best)."""
+    u8, i8, i32, f32 = types.uint8, types.int8, types.int32, types.float32
+
+    def tok16(nrows: int):
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            path = _q4r_path(context, forced)
+            # args: acc * nrows, w * nrows, wo, sc * nrows, so, xT, xo, bT, bo, dx, dxo, dw * nrows
+            accs = list(args[:nrows])
+            ws = [(ty[nrows + r], args[nrows + r]) for r in range(nrows)]
+            k = 2 * nrows
+            wo = args[k]
+            scs = [(ty[k + 1 + r], args[k + 1 + r]) for r in range(nrows)]
+            k += 1 + nrows
+            so = args[k]
+            (xt, xa, xo), (bt, ba, bo), (dt, da, dxo) = (
+                (ty[k + 1], args[k + 1], args[k + 2]),
+                (ty[k + 3], args[k + 3], args[k + 4]),
+                (ty[k + 5], args[k + 5], args[k + 6]),
+            )
+            dws = list(args[k + 7 : k + 7 + nrows])
+            v64i8 = _vec(_I8, 64)
+            isum = [ir.Constant(_V16I32, None)] * nrows
+            for s in range(16):
+                start = _load(context, builder, bt, ba, _at(builder, bo, 16 * s), _V16I32, align=4)
+                dots = [start] * nrows
+                for g in range(4):
+                    xv = _load(context, builder, xt, xa, _at(builder, xo, (s * 4 + g) * 64), v64i8)
+                    for r, (wt, wa) in enumerate(ws):
+                        w4 = _load(context, builder, wt, wa, _at(builder, wo, s * 16 + 4 * g), _vec(_I8, 4))
+                        wv = builder.bitcast(_splat_val(builder, builder.bitcast(w4, _I32), _V16I32), v64i8)
+                        dots[r] = _dot4_u8s8(builder, dots[r], wv, xv, path)
+                for r, (st, sa) in enumerate(scs):
+                    sv = _load(context, builder, st, sa, _at(builder, so, s), _I8)
+                    scv = _splat_val(builder, builder.sext(sv, _I32), _V16I32)
+                    isum[r] = builder.add(isum[r], builder.mul(dots[r], scv))
+            dx = _load(context, builder, dt, da, dxo, _V16F, align=4)
+            for r in range(nrows):
+                rv = builder.fmul(builder.sitofp(isum[r], _V16F), _splat_val(builder, dws[r], _V16F))
+                _fma_v(context, builder, accs[r], rv, dx)
+            return context.get_dummy_value()
+
+        return codegen
+
+    def ok_tok(w, sc, xT, bT, dx) -> bool:
+        return all(_is_vec(a, t) for a, t in ((w, u8), (sc, i8), (xT, i8), (bT, i32), (dx, f32)))
+
+    @intrinsic
+    def q6k_tok16(typingctx, acc, w, wo, sc, so, xT, xo, bT, bo, dx, dxo, dw):
+        """One Q6_K block of one weight row × 16 activation columns (f32 lane t = column t) with
+        llama.cpp's tiled arithmetic: ``acc = fma(f32(i)·dw, dx, acc)``, ``i`` the block's exact
+        ``Σ_s sc[s]·Σ_e (code - 32)·x``.
+
+        ``w[wo:wo+256]``: the block's codes (0..63) unpacked to bytes in element order;
+        ``sc[so:so+16]``: its int8 scales; ``xT[xo:xo+4096]``: the 16 columns' Q8_K codes of the
+        block interleaved by 4 (element e of column t at ``(e//4)·64 + 4t + e%4``);
+        ``bT[bo:bo+256]``: ``-32·`` their 16-element sums (sub-block s of column t at ``16s + t``);
+        ``dx[dxo:dxo+16]``: their scales; ``dw``: the row's block scale."""
+        if not ok_tok(w, sc, xT, bT, dx):
+            return None
+        return types.void(acc, w, wo, sc, so, xT, xo, bT, bo, dx, dxo, f32), tok16(1)
+
+    @intrinsic
+    def q6k_tok16x2(typingctx, acc0, acc1, w0, w1, wo, sc0, sc1, so, xT, xo, bT, bo, dx, dxo, dw0, dw1):
+        """:func:`q6k_tok16` for two weight rows at once (each activation load serves both)."""
+        if not (ok_tok(w0, sc0, xT, bT, dx) and ok_tok(w1, sc1, xT, bT, dx)):
+            return None
+        sig = types.void(acc0, acc1, w0, w1, wo, sc0, sc1, so, xT, xo, bT, bo, dx, dxo, f32, f32)
+        return sig, tok16(2)
+
+    return q6k_tok16, q6k_tok16x2
+
+
+q6k_tok16, q6k_tok16x2 = _make_q6t(None)
+# the other paths, for tests that hold every path to the same bits
+Q6T_PATHS = {p: _make_q6t(p) for p in ("vnni", "avx512bw", "generic")}
