@@ -29,9 +29,10 @@ DEFAULT_MODEL = Path.home() / ".local/share/kvant/models/gemma-3-270m-q4_k_m.ggu
 CHAT_IDS = [2, 105, 2364, 107, 6974, 496, 180422, 1003, 506, 5442, 236761, 106, 107, 105, 4368, 107]
 
 
-def llama_dump(model_path: Path, ids: list[int]) -> tuple[list[dict], np.ndarray]:
+def llama_dump(model_path: Path, ids: list[int], decode: list[int] = ()) -> tuple[list[dict], np.ndarray]:
     """Every tensor llama.cpp computes for one batched eval of ``ids`` (F32/F16 contiguous ones with
-    their data), in graph order, and the logits."""
+    their data), in graph order, and the logits.  With ``decode``, those tokens are then evaluated one
+    at a time (llama.cpp's decode kernels) and the tensors are the last one's."""
     import llama_cpp
     from llama_cpp import _internals
 
@@ -71,7 +72,10 @@ def llama_dump(model_path: Path, ids: list[int]) -> tuple[list[dict], np.ndarray
     llm._ctx = _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
     llm.reset()
     llm.eval(ids)
-    return dumps, np.asarray(llm.scores[: len(ids)], np.float32)
+    for tok in decode:
+        dumps.clear()
+        llm.eval([tok])
+    return dumps, np.asarray(llm.scores[: llm.n_tokens], np.float32)
 
 
 def op_check(dumps: list[dict], model, n: int) -> dict[str, float]:

@@ -8,6 +8,7 @@ Q8_0 / Q6_K / Q5_K / Q5_0 / Q4_K / Q4_0, norms, biases and rope factors in F32. 
 (llama-cpp-python, 2 threads, n_ctx 128, f16 KV cache: its defaults) evaluates a fixed 64-token
 sequence with every position's logits, and 16 greedy tokens after an 8-token prompt (one token at
 a time).  Stored: ``tokens``, ``logits`` (64, 512) f32, ``prompt``, ``greedy``, ``gguf_sha256``,
+``decode_logits`` (the first 24 positions evaluated one token at a time, ``n_batch=1``),
 ``llama_cpp_version``; for phi3 also ``logits_long_ctx``, the same sequence with n_ctx 8192 (beyond
 the original context, so llama.cpp uses the long rope factors).  ``phi3-hf``: a tiny Hugging Face
 phi3 folder converted by Kvant's importer (Q8_0), the same measurements.  The test
@@ -405,6 +406,9 @@ def token_sequence(arch: str) -> np.ndarray:
     return rng.integers(3, s.vocab, size=N_TOKENS).astype(np.int32)
 
 
+N_DECODE = 24
+
+
 def _llama_cpp(path: Path, arch: str) -> dict[str, np.ndarray]:
     import llama_cpp
 
@@ -421,7 +425,14 @@ def _llama_cpp(path: Path, arch: str) -> dict[str, np.ndarray]:
         nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         greedy.append(nxt)
         llm.eval([nxt])
-    extra = {}
+    # llama.cpp's one-token path (n_batch=1: gemv and vec_dot kernels, not the batched ones) over
+    # the first N_DECODE tokens: what Kvant's token-by-token decode must equal
+    dec = llama_cpp.Llama(
+        str(path), n_ctx=N_CTX, n_batch=1, n_ubatch=1, logits_all=True, n_threads=THREADS, verbose=False
+    )
+    dec.reset()
+    dec.eval(tokens[:N_DECODE].tolist())
+    extra = {"decode_logits": np.asarray(dec.scores[:N_DECODE], dtype=np.float32).copy()}
     if arch == "phi3":  # n_ctx beyond rope.scaling.original_context_length: the long rope factors
         llm = llama_cpp.Llama(str(path), n_ctx=LONG_N_CTX, logits_all=True, n_threads=THREADS, verbose=False)
         llm.eval(tokens.tolist())

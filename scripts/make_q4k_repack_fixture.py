@@ -1,4 +1,4 @@
-"""Generate the llama.cpp oracle fixture of its repacked Q4_K mat-mul (tests/fixtures/kernels/Q4_K_repack.npz).
+"""Generate the llama.cpp oracle fixture of its repacked Q4_K mat-mul (kernels/Q4_K_repack.npz).
 
 llama.cpp's CPU backend runs Q4_K weights of a multiple of 8 rows through its "repack" buffer, not
 through ``ggml_vec_dot_q4_K_q8_K``: ``ggml_gemm_q4_K_8x8_q8_K`` for the first ``n - n % 4``

@@ -67,7 +67,8 @@ def test_offload_gives_the_cpu_logits_and_continuation(launch, tiny, cpu_logits,
 
 
 def _direct(tiny, window: int, max_batch: int):
-    """The tiny model with a small sliding window and micro-batch (a ring of window + batch - 1)."""
+    """The tiny model with a small sliding window and micro-batch (n_ctx 16: rings are whole
+    multiples of 64 slots, so every layer keeps all 16 positions)."""
     from engine.gguf import open_gguf
     from engine.models.gemma3 import Gemma3, Gemma3Params
     from engine.runtime.kv_cache import KVCache
@@ -91,10 +92,10 @@ def test_sliding_window_ring_and_rewind_on_two_devices(launch, tiny):
         # two arenas: the layers' activations move between "devices" (the same simulated GPU)
         arenas = [DeviceArena(0, None, True, None), DeviceArena(0, None, True, None)]
         gpu.offload(2, arenas, output=True)
-        assert gpu.cache.slots == [] and gpu.gpu.layers[0].kc.shape[0] == 4
+        assert gpu.cache.slots == [] and gpu.gpu.layers[0].kc.shape[0] == 16  # the CPU cache's sizing
         seen: dict[str, list[np.ndarray]] = {}
         gpu.observer = lambda name, x: seen.setdefault(name, []).append(x)
-        want = cpu.forward(IDS[:6], 0)  # micro-batches of 2: the ring of 4 slots wraps
+        want = cpu.forward(IDS[:6], 0)  # micro-batches of 2 through the window of 3
         got = gpu.forward(IDS[:6], 0)
         np.testing.assert_allclose(got, want, rtol=0, atol=LOGIT_ATOL)
         assert len(seen["blk.1.ffn_down.weight"]) == 3 and seen["token_embd.weight"][0].shape == (2, 64)

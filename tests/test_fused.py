@@ -183,8 +183,10 @@ def test_qk_rope_cache_and_attend_one(gemma, neox, scale_first, round_f16, windo
     assert same(cache.kt[0][:, :, :ns], np.transpose(kc, (1, 2, 0))) and same(cache.v[0][:ns], vc)
     assert np.array_equal(cache.slot_pos[0][:ns], sp)
     out = np.empty(nh * d, np.float32)
-    scores = np.empty((nh, cache.slots[0]), np.float32)
-    fused.attend_one(qo, cache.kt[0], cache.v[0], cache.slot_pos[0], ns, pos, window, round_f16, scores, out)
+    scores = np.empty((nh, cache.kt[0].shape[2]), np.float32)
+    fused.attend_one(
+        qo, cache.kt[0], cache.v[0], cache.slot_pos[0], ns, pos, window, round_f16, 1.0, scores, out
+    )
     assert same(out, want)
 
 
@@ -215,19 +217,24 @@ def test_matvec_call(qtype, ggml):
 
 @pytest.mark.parametrize("round_f16,window,nkv", [(True, 0, 1), (False, 200, 2), (True, 100, 1)])
 def test_attend_one_over_many_slots_is_bit_identical(round_f16, window, nkv):
-    """Several slot chunks and value quarters (the threaded passes), a ring buffer out of position
-    order with empty slots: the same bits as the batched kernel."""
-    nh, d, slots, pos = 4, 64, 300, 520
+    """A ring that has wrapped (position p in slot p % 320) with empty slots, many 16-slot blocks:
+    the NumPy definition's bits (llama.cpp's one-query arithmetic)."""
+    from engine.runtime.kernels.attention import attention_ref
+
+    nh, d, slots, pos = 4, 64, 320, 520
     rng = np.random.default_rng(9)
-    q = rng.standard_normal((nh, d)).astype(np.float32)
-    k = rng.standard_normal((slots, nkv, d)).astype(np.float32)
-    v = rng.standard_normal((slots, nkv, d)).astype(np.float32)
-    slot_pos = rng.permutation(np.arange(pos - slots + 1, pos + 1)).astype(np.int64)
+    cast = (lambda x: x.astype(np.float16).astype(np.float32)) if round_f16 else (lambda x: x)
+    q = cast(rng.standard_normal((nh, d)).astype(np.float32))
+    k = cast(rng.standard_normal((slots, nkv, d)).astype(np.float32))
+    v = cast(rng.standard_normal((slots, nkv, d)).astype(np.float32))
+    slot_pos = np.empty(slots, np.int64)
+    held = np.arange(pos - slots + 1, pos + 1)
+    slot_pos[held % slots] = held
     slot_pos[rng.choice(slots, 7, replace=False)] = -1
-    ns = 290
     kt = np.ascontiguousarray(np.transpose(k, (1, 2, 0)))
     scores = np.full((nh, slots), np.nan, np.float32)
     out = np.full(nh * d, np.nan, np.float32)
-    fused.attend_one(q, kt, v, slot_pos, ns, pos, window, round_f16, scores, out)
-    want = attention(q[None], k[:ns], v[:ns], slot_pos[:ns], np.array([pos]), window, round_f16)
+    w = window or slots  # full attention sees only what the ring holds
+    fused.attend_one(q, kt, v, slot_pos, slots, pos, w, round_f16, 0.125, scores, out)
+    want = attention_ref(q[None], k, v, slot_pos, np.array([pos]), w, round_f16, 0.125)
     np.testing.assert_array_equal(out, want.reshape(-1))

@@ -5,16 +5,13 @@ Bars (the issue's): same top-1 token as llama.cpp on >= 98% of positions, mean K
 <= 0.005 over the top-64 tokens plus a remainder bucket, greedy 64-token continuations identical
 for >= 9 of 10 prompts.
 
-These bars sit below llama.cpp's own noise floor: the fixture also holds llama.cpp run again with
-``n_batch=1`` (its decode kernels instead of its batched prefill kernels; same model, same
-settings), and that run scores top-1 94.75%, mean KL 0.0113 and 5/10 identical continuations against
-the batched reference, with the same growth of KL with position as ours.  Every op of our graph
-reproduces llama.cpp's op from llama.cpp's own inputs to float rounding (scripts/debug_llama_ops.py);
-the residual gap is rounding differences (f32 summation order) that the Q8 activation quantization
-and the f16 roundings (KV cache, attention probabilities, GELU table) amplify into whole-quantum
-flips, layer after layer.  Only a bit-exact replica of llama.cpp's batched CPU kernels (repacked
-Q4_K/Q8_0 GEMMs, llamafile tinyBLAS for Q5_0 and F16, its SIMD expf) would meet them; the bars stay
-xfail, and the ``*_like_llama_cpp_itself`` tests hold us to llama.cpp's self-agreement instead.
+Our CPU graph is llama.cpp's x86 AVX-512 arithmetic op for op (Q8_0/Q5_0 products, Q4_K's repacked
+gemm/gemv, Q6_K's tiled and vec_dot paths, RMSNorm, RoPE, the GELU table, tinyBLAS / vec_dot
+attention with ggml_v_expf), with llama.cpp's micro-batches of 512 and its one-token kernels for
+decode, so the logits are llama.cpp's bit for bit: top-1 100%, KL 0 and 10/10 continuations,
+well past the bars.  The fixture also holds llama.cpp run again with ``n_batch=1`` (its decode
+kernels for every token: top-1 94.75%, KL 0.0113 and 5/10 continuations against the batched run,
+llama.cpp's own noise floor): our token-by-token decode reproduces that run too.
 """
 
 from __future__ import annotations
@@ -95,22 +92,13 @@ def test_hyperparameters(model):
     assert p.final_softcap == 0.0
 
 
-def test_first_position_matches_llama_cpp_exactly(agreement, fx):
+def test_full_logits_are_llama_cpps_bit_for_bit(agreement, fx):
     _, _, full = agreement
-    pos = int(fx["full_pos"][0])
-    assert pos == 0
-    want = fx["full_logits"][0]
-    assert np.abs(full[pos] - want).max() < 1e-3 * np.abs(want).max()
+    assert sorted(full) == sorted(int(p) for p in fx["full_pos"])  # first, middle, last micro-batch
+    for j, pos in enumerate(fx["full_pos"]):
+        np.testing.assert_array_equal(full[int(pos)], fx["full_logits"][j], err_msg=f"position {pos}")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured: top-1 94.7% and mean KL 0.0107 (bars 98% / 0.005); llama.cpp itself with n_batch=1 "
-    "scores 94.75% / 0.0113 against its batched run (same profile: KL ~0.005 below position 1024, ~0.055 "
-    "past 1280): rounding-level differences amplified by Q8/f16 quantization. Q8_0/K-quant products, "
-    "RMSNorm, RoPE and GELU now equal llama.cpp's tensors bit for bit (scripts/debug_llama_ops.py); "
-    "attention (1.7e-4) is the op left; see the module docstring",
-)
 def test_top1_and_kl_against_llama_cpp(agreement, fx):
     top1, kls, _ = agreement
     msg = f"top-1 agreement {top1:.4f} (bar {TOP1_BAR}), mean KL {kls.mean():.5f} (bar {KL_BAR})"
@@ -118,6 +106,7 @@ def test_top1_and_kl_against_llama_cpp(agreement, fx):
     assert len(kls) >= 1000
     assert top1 >= TOP1_BAR, msg
     assert kls.mean() <= KL_BAR, msg
+    assert top1 == 1.0 and kls.max() < 1e-9, msg  # measured: bit-exact logits
 
 
 def test_agreement_like_llama_cpp_itself(agreement, fx):
@@ -135,18 +124,20 @@ def test_agreement_like_llama_cpp_itself(agreement, fx):
     assert kls[:1024].mean() <= 1.25 * ref_kl[:1024].mean(), msg
 
 
-def test_prefill_equals_decode(model, fx):
-    tokens = fx["tokens"][:40]
+def test_decode_steps_are_llama_cpps_decode(model, fx):
+    """One token at a time is llama.cpp's ``n_batch=1`` run, whose kernels differ from its batched
+    ones (Q4_K/Q6_K gemv instead of gemm, ``ggml_vec_dot`` attention instead of tinyBLAS): per
+    position, the same KL against the batched reference as that run (the fixture's
+    ``decode_kl``), i.e. the same logits."""
+    n = 40
+    tokens = fx["tokens"][:n]
+    model.reset()
+    steps = np.concatenate([model.forward(tokens[i : i + 1], i) for i in range(n)])
+    kls = np.array([kl_top64(steps[i], fx["top_ids"][i], fx["top_logp"][i]) for i in range(n)])
+    np.testing.assert_allclose(kls, fx["decode_kl"][:n], rtol=1e-5, atol=1e-12)
     model.reset()
     batch = model.forward(tokens, 0)
-    model.reset()
-    steps = np.concatenate([model.forward(tokens[i : i + 1], i) for i in range(len(tokens))])
-    # Same integer dot products; only float summation order (BLAS vs. Numba) differs, which the
-    # f16 KV cache's roundings can amplify a little.  Compare distributions, tightly.
-    kls = [kl_top64(steps[i], *_top64(batch[i])) for i in range(len(tokens))]
-    assert np.mean(kls) < 1e-3
-    assert (np.argmax(batch, axis=1) == np.argmax(steps, axis=1)).mean() >= 0.95
-    assert np.abs(batch[0] - steps[0]).max() < 1e-3
+    assert not np.array_equal(batch, steps)  # the two paths are told apart, as llama.cpp's are
 
 
 def _top64(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,15 +188,10 @@ def _n_same(a, b) -> int:
     return sum(int(np.array_equal(x, y)) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured: 4/10 (bar 9; 4-6/10 across this session's kernel changes); llama.cpp itself with "
-    "n_batch=1 also gets 5/10 (one parts at the first token): the same rounding-level noise floor as the "
-    "logit bars",
-)
 def test_greedy_continuations(continuations, fx):
     same = _n_same(continuations, fx["cont_ids"])
     assert same >= CONT_BAR, f"{same}/10 greedy continuations identical to llama.cpp's"
+    assert same == len(continuations)  # measured: all 10 (the logits are llama.cpp's)
 
 
 def test_greedy_continuations_like_llama_cpp_itself(continuations, fx):

@@ -151,75 +151,156 @@ def test_rmsnorm_rope_geglu_softmax():
     np.testing.assert_allclose(softmax(s).sum(axis=1), 1.0, rtol=1e-5)
 
 
+def _f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).astype(np.float32)
+
+
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("round_f16", [False, True])
-def test_attention_numba_equals_reference(window, round_f16):
+@pytest.mark.parametrize("n,d", [(6, 32), (1, 32), (5, 40), (1, 80)])
+def test_attention_numba_equals_reference(window, round_f16, n, d):
+    """Any slot order (a ring buffer, an empty slot), batches (tinyBLAS's form) and one query
+    (ggml_vec_dot's), D with and without the SIMD multiples: the NumPy definition's bits."""
     rng = np.random.default_rng(5)
-    q = rng.standard_normal((6, 4, 32)).astype(np.float32)
-    k = rng.standard_normal((13, 1, 32)).astype(np.float32)
-    v = rng.standard_normal((13, 1, 32)).astype(np.float32)
+    cast = _f16 if round_f16 else (lambda x: x)
+    q = cast(rng.standard_normal((n, 4, d)).astype(np.float32))
+    k = cast(rng.standard_normal((13, 1, d)).astype(np.float32))
+    v = cast(rng.standard_normal((13, 1, d)).astype(np.float32))
     slot_pos = rng.permutation(13).astype(np.int64)  # a ring buffer: slots out of position order
     slot_pos[slot_pos == 12] = -1  # an empty slot
-    qpos = np.arange(6, 12)
+    qpos = np.arange(12 - n, 12)
     got = attention(q, k, v, slot_pos, qpos, window, round_f16)
     want = attention_ref(q, k, v, slot_pos, qpos, window, round_f16)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
     # brute force for one query: softmax over exactly the visible positions
-    t, h = 3, 2
+    t, h = n - 1, 2
     p = qpos[t]
     vis = (slot_pos >= 0) & (slot_pos <= p) & ((window == 0) | (p - slot_pos < window))
-    sc = k[vis, 0] @ q[t, h]
+    sc = k[vis, 0].astype(np.float64) @ q[t, h]
     pr = np.exp(sc - sc.max())
     pr /= pr.sum()
     np.testing.assert_allclose(got[t, h], pr @ v[vis, 0], rtol=2e-3 if round_f16 else 1e-5, atol=2e-3)
 
 
+def test_attention_arithmetic_is_llama_cpps():
+    """The reference is llama.cpp's arithmetic, not just any attention: its lane sums differ from
+    a sequential sum, and a batch of two takes a different form from one query."""
+    from engine.runtime.kernels.attention import _dot_ref, _tree16_ref
+
+    rng = np.random.default_rng(3)
+    a = _f16(rng.standard_normal((50, 256)).astype(np.float32))
+    b = _f16(rng.standard_normal(256).astype(np.float32))
+    tiny = _dot_ref(a, b, True)
+    vec = _dot_ref(a, b, False)
+    seq = np.array([np.float32(sum(np.float32(x) for x in (r * b).astype(np.float32))) for r in a])
+    assert not np.array_equal(tiny, vec) and not np.array_equal(tiny, seq)
+    # lane l holds dims l, l+16, ...; the tree adds lanes i and i+8 first
+    lanes = np.zeros(16, np.float32)
+    for i in range(0, 256, 16):
+        lanes = (lanes + a[0, i : i + 16] * b[i : i + 16]).astype(np.float32)
+    t8 = lanes[:8] + lanes[8:]
+    t4 = t8[:4] + t8[4:]
+    t2 = t4[:2] + t4[2:]
+    assert tiny[0] == np.float32(t2[0] + t2[1]) == _tree16_ref(lanes)
+
+
+def test_expf_is_ggml_v_expf():
+    """Every lane as llama.cpp's AVX-512 ggml_v_expf: the NumPy model bit for bit, within 3 ulp of
+    exp (2.2 ulp seen), 0 past its underflow guard, exact at 0."""
+    from numba import njit
+
+    from engine.runtime.kernels.attention import expf, expf_ref
+
+    @njit
+    def ev(x):
+        o = np.empty_like(x)
+        for i in range(x.size):
+            o[i] = expf(x[i])
+        return o
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate(
+        [-rng.random(20000) * 90, -rng.random(2000) * 200, [0.0, -0.0, -1e-30, -87.3, -103.9, -150.0]]
+    ).astype(np.float32)
+    got = ev(x)
+    np.testing.assert_array_equal(got.view(np.uint32), expf_ref(x).view(np.uint32))
+    ok = x > -87
+    exact = np.exp(x[ok].astype(np.float64))
+    assert (np.abs(got[ok] - exact) <= 3 * np.spacing(got[ok])).all()
+    assert got[-6] == 1.0 and got[-1] == 0.0
+    assert (got[x < -140] == 0.0).all()
+
+
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("round_f16", [False, True])
 @pytest.mark.parametrize("nkv", [1, 2])
-def test_attention_with_transposed_keys_is_bit_identical(window, round_f16, nkv):
+@pytest.mark.parametrize("n", [7, 1])
+def test_attention_kt_over_a_ring_equals_reference(window, round_f16, nkv, n):
+    """The kernel on a KV cache's own layout (position p in slot p % S, S % 64 == 0, kt 16-slot
+    padded): a ring that has wrapped, partly written, against the NumPy definition."""
     rng = np.random.default_rng(6)
-    q = rng.standard_normal((7, 4, 40)).astype(np.float32)
-    k = rng.standard_normal((16, nkv, 40)).astype(np.float32)
-    v = rng.standard_normal((16, nkv, 40)).astype(np.float32)
-    slot_pos = rng.permutation(16).astype(np.int64)  # a ring buffer: slots out of position order
-    slot_pos[slot_pos >= 14] = -1  # empty slots
-    qpos = np.arange(6, 13)
-    ns = 13  # the kernel reads the first ns slots of the whole arrays
+    d, S = 48, 64
+    cast = _f16 if round_f16 else (lambda x: x)
+    q = cast(rng.standard_normal((n, 4, d)).astype(np.float32))
+    end = 150  # positions 86..149 held
+    k = cast(rng.standard_normal((S, nkv, d)).astype(np.float32))
+    v = cast(rng.standard_normal((S, nkv, d)).astype(np.float32))
+    slot_pos = np.empty(S, np.int64)
+    slot_pos[np.arange(end - S, end) % S] = np.arange(end - S, end)
     kt = np.ascontiguousarray(np.transpose(k, (1, 2, 0)))
-    got = attention_kt(q, kt, v, slot_pos, ns, qpos, window, round_f16)
-    want = attention(q, k[:ns], v[:ns], slot_pos[:ns], qpos, window, round_f16)
-    np.testing.assert_array_equal(got, want)
-    # causal from an empty cache (slots in position order), as in a prefill
-    sp = np.arange(16, dtype=np.int64)
-    got = attention_kt(q, kt, v, sp, 16, np.arange(9, 16), window, round_f16)
-    np.testing.assert_array_equal(got, attention(q, k, v, sp, np.arange(9, 16), window, round_f16))
+    qpos = np.arange(end - n, end)
+    w = window if window else 0
+    if w == 0:  # full attention needs every earlier position: only the last S are held here
+        qpos = qpos[qpos - (end - S) < S]
+    got = attention_kt(q, kt, v, slot_pos, S, qpos, w if w else S, round_f16, 0.3)
+    want = attention_ref(q, k, v, slot_pos, qpos, w if w else S, round_f16, 0.3)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # the plain cache, partly written (slots past ns unread)
+    sp = np.full(80, -1, np.int64)
+    sp[:41] = np.arange(41)
+    kt2 = np.zeros((nkv, d, 80), np.float32)
+    kt2[:, :, :S] = kt
+    v2 = np.zeros((80, nkv, d), np.float32)
+    v2[:S] = v
+    qp = np.arange(41 - n, 41)
+    got = attention_kt(q, kt2, v2, sp, 41, qp, window, round_f16, 1.0)
+    want = attention_ref(q, v2[:, :, :] * 0 + np.transpose(kt2, (2, 0, 1)), v2, sp, qp, window, round_f16)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 @pytest.mark.parametrize("round_f16", [False, True])
 @pytest.mark.parametrize("nkv", [1, 2])
 def test_attention_with_transposed_keys_long_rows_bit_identical(round_f16, nkv):
-    """Past the SIMD tiles: 64-slot and 64-lane register tiles, 16-wide tails and scalar tails
-    (D = 277 = 2·128 + 16 + 5, 34 passes of 8 key dims + 5; visible slot ranges of every length up to 150)."""
+    """Past the SIMD tiles: D = 277 (no 16-lane form: the batch takes ggml_vec_dot's, with its
+    double tail), D = 256 (tinyBLAS's 16 lanes, four heads per V pass), visible slot ranges of
+    every length up to 150."""
     rng = np.random.default_rng(8)
-    n, d, slots = 9, 277, 160
-    q = (rng.standard_normal((n, 4, d)) * 0.2).astype(np.float32)
-    k = rng.standard_normal((slots, nkv, d)).astype(np.float32)
-    v = rng.standard_normal((slots, nkv, d)).astype(np.float32)
-    kt = np.ascontiguousarray(np.transpose(k, (1, 2, 0)))
-    sp = np.arange(slots, dtype=np.int64)
-    qpos = np.array([0, 15, 16, 63, 64, 79, 100, 127, 149])
-    for window in (0, 37):
-        got = attention_kt(q, kt, v, sp, 150, qpos, window, round_f16)
-        want = attention(q, k[:150], v[:150], sp[:150], qpos, window, round_f16)
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    n, slots = 9, 160
+    cast = _f16 if round_f16 else (lambda x: x)
+    for d in (277, 256):
+        q = cast((rng.standard_normal((n, 4, d)) * 0.2).astype(np.float32))
+        k = cast(rng.standard_normal((slots, nkv, d)).astype(np.float32))
+        v = cast(rng.standard_normal((slots, nkv, d)).astype(np.float32))
+        kt = np.ascontiguousarray(np.transpose(k, (1, 2, 0)))
+        sp = np.arange(slots, dtype=np.int64)
+        qpos = np.array([0, 15, 16, 63, 64, 79, 100, 127, 149])
+        for window in (0, 37):
+            got = attention_kt(q, kt, v, sp, 150, qpos, window, round_f16, 1.0)
+            want = attention_ref(q, k[:150], v[:150], sp[:150], qpos, window, round_f16)
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_kv_cache_ring_and_overflow():
     c = KVCache(n_ctx=40, n_kv_head=1, head_dim=4, windows=[0, 8], max_batch=4, dtype="f32")
-    assert c.slots == [40, 11]
-    for start in range(0, 40, 4):
+    assert c.slots == [40, 40]  # a ring is a multiple of 64 slots: no smaller than n_ctx here
+    c = KVCache(n_ctx=200, n_kv_head=1, head_dim=4, windows=[0, 8], max_batch=4, dtype="f32")
+    assert c.slots == [200, 64]
+    c = KVCache(200, 1, 4, [0, 8], 4, dtype="f32", k_transposed=True)
+    assert [kt.shape[2] for kt in c.kt] == [208, 64]  # kt padded to whole 16-slot blocks
+    assert KVCache(256, 1, 4, [0], 4, k_transposed=True).kt[0].shape[2] == 272  # no 1 KB stride
+    c = KVCache(n_ctx=200, n_kv_head=1, head_dim=4, windows=[0, 8], max_batch=4, dtype="f32")
+    for start in range(0, 200, 4):
         k = np.full((4, 1, 4), start, np.float32) + np.arange(4, dtype=np.float32)[:, None, None]
         c.write(0, start, k, k)
         c.write(1, start, k, k)
@@ -229,11 +310,11 @@ def test_kv_cache_ring_and_overflow():
         for p in range(start, start + 4):
             need = set(range(max(0, p - 7), p + 1))
             assert need <= set(sp.tolist())
-    kk, _, sp = c.view(1, 40)
+    kk, _, sp = c.view(1, 200)
     for s, p in enumerate(sp):
-        assert kk[s, 0, 0] == p
+        assert kk[s, 0, 0] == p and s == p % 64
     with pytest.raises(ModelError, match="context overflow"):
-        c.check(38, 3)
+        c.check(198, 3)
     with pytest.raises(ModelError):
         KVCache(8, 1, 4, [0], 4, dtype="q8")
 
@@ -280,10 +361,10 @@ def test_q5_0_widened_to_q8_0_codes_keeps_the_values(gemma):
 
 
 def test_kv_cache_with_transposed_keys_keeps_them_once():
-    shape = dict(n_ctx=12, n_kv_head=2, head_dim=4, windows=[0, 4], max_batch=2, dtype="f32")
+    shape = dict(n_ctx=16, n_kv_head=2, head_dim=4, windows=[0, 4], max_batch=2, dtype="f32")
     c = KVCache(**shape, k_transposed=True)
     plain = KVCache(**shape)
-    assert c.nbytes == plain.nbytes  # K once (transposed) + V, not K twice
+    assert c.nbytes == plain.nbytes  # K once (transposed) + V, not K twice (16 slots: no padding)
     k = np.arange(2 * 2 * 4, dtype=np.float32).reshape(2, 2, 4)
     c.write(1, 0, k, -k)
     assert np.array_equal(c.kt[1][:, :, :2], np.transpose(k, (1, 2, 0))) and np.array_equal(c.v[1][:2], -k)
@@ -305,3 +386,18 @@ def test_gelu_table_is_llama_cpps_bit_for_bit():
 
     table = gelu_f16_table().astype(np.float16)
     assert hashlib.sha256(table.tobytes()).hexdigest() == LLAMA_GELU_F16_TABLE_SHA256
+
+
+def test_kv_cache_knows_when_a_ring_cannot_rewind():
+    """A ring holds its last ``slots`` positions: restarting further back than that minus the
+    window would read keys it has overwritten, so the cache says no (the models then refuse, and
+    generation starts over instead of reusing the cached prefix)."""
+    c = KVCache(n_ctx=300, n_kv_head=1, head_dim=4, windows=[0, 8], max_batch=4, dtype="f32")
+    assert c.slots == [300, 64]
+    c.n_past = 200  # the ring holds positions 136..199
+    assert c.can_rewind(200) and c.can_rewind(150) and c.can_rewind(143)  # 143 sees 136..143
+    assert not c.can_rewind(142) and not c.can_rewind(10)
+    assert c.can_rewind(0)  # a fresh start needs nothing
+    full = KVCache(n_ctx=300, n_kv_head=1, head_dim=4, windows=[0, 0], max_batch=4, dtype="f32")
+    full.n_past = 200
+    assert full.can_rewind(1)

@@ -19,9 +19,8 @@ Where llama.cpp rounds, we round: the KV cache holds f16 (llama.cpp's default), 
 rounded to f16 for K·Q (ggml converts them to K's type) and the attention probabilities to f16 for
 V (see :mod:`engine.runtime.kernels.attention`).  llama, qwen2 and qwen3 pass the 1/sqrt(head_dim)
 scale to llama.cpp's softmax (applied to the f32 scores), phi3 multiplies Q by it before the
-cache; our attention kernel takes pre-scaled queries, so for the first three the f16-rounded query
-is multiplied by the scale in f32 (bit-identical when the scale is a power of two, one f32
-rounding away otherwise).  Activations entering every mat-mul are quantized per block as
+cache; our attention kernels take the same ``kq_scale`` for the scores, so both are llama.cpp's
+arithmetic.  Activations entering every mat-mul are quantized per block as
 llama.cpp's CPU backend does (:mod:`engine.runtime.kernels.qmatmul`).
 
 :meth:`Decoder.offload` moves the last layers (and, with all of them, the output layer) to GPUs,
@@ -44,10 +43,9 @@ from engine.gguf import GGUFModel
 from engine.runtime.kernels import (
     QWeight,
     SharedActivations,
-    attention,
+    attention_kt,
     dequantize_rows,
     fused,
-    matmul_dense,
     matvec,
     repack,
     rmsnorm,
@@ -58,7 +56,6 @@ from engine.runtime.kernels.qmatmul import widen_q5_0
 from engine.runtime.kv_cache import KVCache
 
 MAX_BATCH = 512  # tokens per internal micro-batch
-DECODE_MAX_TOKENS = 4  # output mat-mul: integer mat-vec up to this many tokens, dequantize + BLAS beyond
 
 K = gguf.Keys
 TN = gguf.TENSOR_NAMES
@@ -424,6 +421,7 @@ class Decoder:
             [0] * params.n_layer,
             max_batch=min(MAX_BATCH, n_ctx),
             dtype=kv_type,
+            k_transposed=True,
         )
         # Called as observer(weight_name, x) with the activations ``x`` (n_tokens, n_in) f32 that
         # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
@@ -496,7 +494,9 @@ class Decoder:
             # the GPU layers' host weights and KV cache are no longer needed
             self.layers = self.layers[:first]
             c = self.cache
-            self.cache = KVCache(self.n_ctx, p.n_head_kv, p.head_dim, [0] * first, c.max_batch, c.dtype)
+            self.cache = KVCache(
+                self.n_ctx, p.n_head_kv, p.head_dim, [0] * first, c.max_batch, c.dtype, k_transposed=True
+            )
             self._dec = None
 
     def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray:
@@ -506,10 +506,19 @@ class Decoder:
         tokens = checked_tokens(tokens, self.n_vocab)
         with self._lock:
             check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
+            if not self.can_rewind(start_pos):
+                raise ModelError(
+                    f"cannot restart at position {start_pos}: the sliding-window KV cache no longer holds "
+                    "the keys before it; reset and evaluate from the start"
+                )
             self.cache.truncate(start_pos)
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
             return in_micro_batches(self._forward_batch, tokens, start_pos, self.cache.max_batch, last_only)
+
+    def can_rewind(self, start_pos: int) -> bool:
+        """Whether :meth:`forward` may restart at ``start_pos`` (see ``KVCache.can_rewind``)."""
+        return self.cache.can_rewind(start_pos)
 
     def logits_all(self, ids) -> np.ndarray:
         """Reset, then the logits of every position of ``ids`` (n, n_vocab)."""
@@ -572,17 +581,17 @@ class Decoder:
                 k = rmsnorm(k.reshape(-1, p.head_dim), L.k_norm, eps).reshape(k.shape)
             for t in (q, k):
                 rope(t, positions, p.n_rot, p.rope_base, p.rope_freq_scale, ff, p.rope_attn_factor, neox)
+            kq_scale = np.float32(1.0)
             if self.SCALE_Q:  # ggml_scale(Q) before K·Q: scale, then f16
                 q *= scale
-                if self.cache.round_f16:
-                    q = q.astype(np.float16).astype(np.float32)
             else:  # K·Q on the f16 query, scale on the f32 scores (in the softmax)
-                if self.cache.round_f16:
-                    q = q.astype(np.float16).astype(np.float32)
-                q *= scale
-            self.cache.write(il, pos0, k, v)
-            kc, vc, sp = self.cache.view(il, pos0 + n)
-            a = attention(q, kc, vc, sp, positions, 0, self.cache.round_f16)
+                kq_scale = scale
+            if self.cache.round_f16:
+                q = q.astype(np.float16).astype(np.float32)
+            c = self.cache
+            c.write(il, pos0, k, v)
+            ns = min(c.slots[il], pos0 + n)
+            a = attention_kt(q, c.kt[il], c.v[il], c.slot_pos[il], ns, positions, 0, c.round_f16, kq_scale)
             a = a.reshape(n, p.n_q)
             self._see(tensor_name(MT.ATTN_OUT, il), a)
             a = _mm(L.wo, a)
@@ -621,7 +630,7 @@ class Decoder:
         self._see(self.output_name, x)
         w_out = self.tok_embd if self.output is None else self.output
         # same quantized activations either way; only the summation order differs
-        return matvec(w_out, x) if x.shape[0] <= DECODE_MAX_TOKENS else matmul_dense(w_out, x)
+        return matvec(w_out, x)  # llama.cpp's integer arithmetic at every size (the tiled kernels)
 
     # ------------------------------------------------------------------ single-token decode
 
@@ -651,9 +660,11 @@ class Decoder:
                 np.add(out, b, out=out)
             slot = pos % cache.slots[il]
             fused.qk_rope_cache(*ld.rope_args, pos, *d.rope_args, *ld.cache_args, slot)
-            kc, vc, sp = cache.view(il, pos + 1)
-            a = attention(d.q3, kc, vc, sp, d.qpos, 0, cache.round_f16)
-            d.attn_buf.h[:] = a.reshape(-1)
+            ns = min(cache.slots[il], pos + 1)
+            fused.attend_one(
+                d.q3[0], cache.kt[il], cache.v[il], cache.slot_pos[il], ns, pos, 0, cache.round_f16,
+                d.kq_scale, d.scores, d.attn_buf.h,
+            )  # fmt: skip
             fused.act(d.attn_buf.h, *d.attn_args)
             ld.wo[0](*ld.wo[1])
             if L.bo is not None:
@@ -703,12 +714,13 @@ class _Decode:
         g_out, u_out = self.gu_out[:, : p.n_ff], self.gu_out[:, p.n_ff :]
         g_sep, u_sep = np.zeros((1, p.n_ff), f32), np.zeros((1, p.n_ff), f32)
         self.q3 = np.zeros((1, p.n_head, p.head_dim), f32)
+        self.kq_scale = f32(1.0) if m.SCALE_Q else f32(p.attn_scale)
+        self.scores = np.zeros((p.n_head, max([kt.shape[2] for kt in cache.kt] or [1])), f32)
         self.qpos = np.zeros(1, np.int64)
         self.one = np.ones(1, f32)
         tok = m.tok_embd
         self.embed = (tok.fields[0], tok.fields[1]) if tok.qtype == "Q8_0" else None
         no_norm = np.ones(p.head_dim, f32)
-        no_kt = np.zeros((1, 1, 1), f32)
         self.layers = []
         for il, L in enumerate(m.layers):
             ld = _DecodeLayer()
@@ -740,7 +752,7 @@ class _Decode:
                 has_norm,
                 f32(p.eps),
             )
-            ld.cache_args = (cache.k[il], cache.v[il], no_kt, False, cache.slot_pos[il])
+            ld.cache_args = (cache.k[il], cache.v[il], cache.kt[il], True, cache.slot_pos[il])
             self.layers.append(ld)
         self.rope_args = (
             p.n_rot,
@@ -750,7 +762,7 @@ class _Decode:
             float(p.rope_attn_factor),
             bool(p.rope_neox),
             False,
-            f32(p.attn_scale),
+            f32(p.attn_scale) if m.SCALE_Q else f32(1.0),  # else the softmax scales the scores
             bool(m.SCALE_Q),
             cache.round_f16,
             self.q3[0],

@@ -53,12 +53,11 @@ from engine.runtime.kernels import (
     rope_neox,
 )
 from engine.runtime.kernels.qgemm import qgemm
-from engine.runtime.kv_cache import KVCache
+from engine.runtime.kv_cache import KVCache, layer_slots
 
 ARCH = "gemma3"
 SWA_PATTERN = 6
 ROPE_BASE_LOCAL = 10000.0
-DECODE_MAX_TOKENS = 4  # up to this many tokens: integer mat-vec kernels; more: dequantize + BLAS
 LAYER_INT_MAX_TOKENS = 1 << 30  # layer weights: integer kernels up to this many tokens (see _mm)
 MAX_BATCH = 512  # tokens per internal micro-batch (sizes the sliding-window ring buffers)
 
@@ -284,10 +283,26 @@ class Gemma3:
         tokens = checked_tokens(tokens, self.n_vocab)
         with self._lock:
             check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
+            if not self.can_rewind(start_pos):
+                raise ModelError(
+                    f"cannot restart at position {start_pos}: the sliding-window KV cache no longer holds "
+                    "the keys before it; reset and evaluate from the start"
+                )
             self.cache.truncate(start_pos)
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
             return in_micro_batches(self._forward_batch, tokens, start_pos, self.cache.max_batch, last_only)
+
+    def can_rewind(self, start_pos: int) -> bool:
+        """Whether :meth:`forward` may restart at ``start_pos``: every sliding-window layer's ring
+        (CPU or GPU, sized alike) still holds the keys the restarted tokens see."""
+        p, n_past = self.params, self.cache.n_past
+        for il in range(p.n_layer):
+            w = p.window(il)
+            s = layer_slots(self.n_ctx, w, self.cache.max_batch)
+            if w > 0 and s < self.n_ctx and 0 < start_pos and max(0, start_pos - w + 1) < n_past - s:
+                return False
+        return True
 
     def logits_all(self, ids) -> np.ndarray:
         """Reset, then the logits of every position of ``ids`` (n, n_vocab)."""
@@ -369,7 +384,7 @@ class Gemma3:
         if cache.kt is not None:  # transposed keys: vectorized across slots, bit-identical
             ns = min(cache.slots[il], end_pos)
             return attention_kt(
-                q, cache.kt[il], cache.v[il], cache.slot_pos[il], ns, positions, window, round_f16
+                q, cache.kt[il], cache.v[il], cache.slot_pos[il], ns, positions, window, round_f16, 1.0
             )
         kc, vc, sp = cache.view(il, end_pos)
         return attention(q, kc, vc, sp, positions, window, round_f16)
@@ -394,7 +409,7 @@ class Gemma3:
         else:
             x = rmsnorm(x, self.output_norm, np.float32(p.eps))
             self._see("token_embd.weight", x)  # tied output
-            logits = _mm(self.tok_embd, x, DECODE_MAX_TOKENS)
+            logits = _mm(self.tok_embd, x)  # llama.cpp's Q8_0 arithmetic (and faster than BLAS)
         if p.final_softcap > 0:
             c = np.float32(p.final_softcap)
             logits = np.tanh(logits / c) * c
@@ -439,6 +454,7 @@ class Gemma3:
                 pos,
                 ld.window,
                 round_f16,
+                1.0,  # Q is scaled already (llama.cpp's Gemma 3 graph: kq_scale 1)
                 d.scores,
                 d.attn_buf.h,
             )
@@ -478,7 +494,8 @@ class _Decode:
         self.g_out = np.zeros((1, p.n_ff), f32)
         self.u_out = np.zeros((1, p.n_ff), f32)
         self.q3 = np.zeros((p.n_head, p.head_dim), f32)
-        self.scores = np.zeros((p.n_head, max(cache.slots) if cache.slots else 1), f32)
+        widths = [kt.shape[2] for kt in cache.kt] if cache.kt else [1]
+        self.scores = np.zeros((p.n_head, max(widths)), f32)
         tok = m.tok_embd
         self.embed = (tok.fields[0], tok.fields[1]) if tok.qtype == "Q8_0" else None
         self.emb_scale = f32(math.sqrt(p.n_embd))

@@ -123,6 +123,9 @@ def generate(
         )
     cached = cached_ids if cached_ids is not None else []
     reuse = min(common_prefix(cached, prompt), n_prompt - 1)  # the last prompt token is always run
+    can_rewind = getattr(net, "can_rewind", None)
+    if reuse < len(cached) and can_rewind is not None and not can_rewind(reuse):
+        reuse = 0  # a sliding-window ring no longer holds what restarting there needs: start over
     del cached[reuse:]
     sampler = Sampler(params)
     decoder = StreamDecoder(tokenizer, skip_special=True)

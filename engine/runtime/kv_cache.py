@@ -1,14 +1,17 @@
 """A per-layer KV cache sized from ``n_ctx``, ring-buffered on sliding-window layers.
 
 A full-attention layer keeps ``n_ctx`` slots (position ``p`` in slot ``p``).  A sliding-window
-layer (window ``w``) keeps ``min(n_ctx, w + max_batch - 1)`` slots as a ring (position ``p`` in
-slot ``p % slots``): enough for every query of a batch of up to ``max_batch`` tokens to still see
-its last ``w`` keys after the whole batch is written.
+layer (window ``w``) keeps ``w + max_batch - 1`` slots rounded up to a multiple of 64 (at most
+``n_ctx``) as a ring (position ``p`` in slot ``p % slots``): enough for every query of a batch of
+up to ``max_batch`` tokens to still see its last ``w`` keys after the whole batch is written, and
+a slot's index agrees with its position modulo 64, which the attention kernels' lanes rely on
+(llama.cpp's cells hold positions).
 
 ``dtype="f16"`` (llama.cpp's default) stores values rounded to fp16 (held in f32 arrays so the
 Numba kernels read them directly); ``"f32"`` stores them as computed.
 
-``k_transposed=True`` keeps every layer's keys as ``kt`` (n_kv_head, head_dim, slots) instead, the
+``k_transposed=True`` keeps every layer's keys as ``kt`` (n_kv_head, head_dim, :func:`kt_width`
+of the slots: the kernels read whole 16-slot blocks) instead, the
 layout the attention kernels that read it (:func:`engine.runtime.kernels.attention.attention_kt`,
 :func:`engine.runtime.kernels.fused.attend_one`) vectorize over; ``k`` then holds no slots and
 :meth:`view` is not available.
@@ -19,6 +22,22 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import ModelError
+
+
+def kt_width(slots: int) -> int:
+    """Row length of transposed keys for ``slots`` slots: whole 16-slot blocks, and not a multiple
+    of 128 (a row stride of a multiple of 512 bytes maps the rows a score reads onto a few cache
+    sets: 2.6x slower prefill attention at 512 slots)."""
+    w = -(-slots // 16) * 16
+    return w + 16 if w % 128 == 0 else w
+
+
+def layer_slots(n_ctx: int, window: int, max_batch: int) -> int:
+    """Slots of one layer's cache: ``n_ctx``, or for a sliding window ``w`` a ring of
+    ``w + max_batch - 1`` rounded up to a multiple of 64 (at most ``n_ctx``)."""
+    if window <= 0:
+        return n_ctx
+    return min(n_ctx, -(-(window + max_batch - 1) // 64) * 64)
 
 
 class KVCache:
@@ -42,12 +61,16 @@ class KVCache:
         self.max_batch = max_batch
         self.dtype = dtype
         self.windows = list(windows)
-        self.slots = [n_ctx if w <= 0 else min(n_ctx, w + max_batch - 1) for w in self.windows]
+        self.slots = [
+            n_ctx if w <= 0 else min(n_ctx, -(-(w + max_batch - 1) // 64) * 64) for w in self.windows
+        ]
         self.k = [np.zeros((0 if k_transposed else s, n_kv_head, head_dim), np.float32) for s in self.slots]
         self.v = [np.zeros((s, n_kv_head, head_dim), np.float32) for s in self.slots]
         self.slot_pos = [np.full(s, -1, np.int64) for s in self.slots]
         self.kt = (
-            [np.zeros((n_kv_head, head_dim, s), np.float32) for s in self.slots] if k_transposed else None
+            [np.zeros((n_kv_head, head_dim, kt_width(s)), np.float32) for s in self.slots]
+            if k_transposed
+            else None
         )
         self.n_past = 0
 
@@ -78,6 +101,15 @@ class KVCache:
                 f"context overflow: positions {start_pos}..{start_pos + n_tokens - 1} do not fit in "
                 f"n_ctx={self.n_ctx}; reset the model or load it with a larger n_ctx"
             )
+
+    def can_rewind(self, start_pos: int) -> bool:
+        """Whether a batch restarting at ``start_pos`` still finds every key it may see: a ring
+        holds only its last ``slots`` positions, so restarting further back than
+        ``slots - window + 1`` positions has lost part of the first restarted token's window."""
+        for w, s in zip(self.windows, self.slots, strict=True):
+            if w > 0 and s < self.n_ctx and 0 < start_pos and max(0, start_pos - w + 1) < self.n_past - s:
+                return False
+        return True
 
     def truncate(self, n_past: int) -> None:
         """Forget positions >= ``n_past`` (a batch restarting before the end of the cache)."""

@@ -22,6 +22,7 @@ from engine.runtime.cuda import device as D
 from engine.runtime.cuda import fused_kernels as FK
 from engine.runtime.cuda import kernels as K
 from engine.runtime.cuda.layers import GpuLayers
+from engine.runtime.kv_cache import layer_slots
 
 
 @dataclass(eq=False)
@@ -81,7 +82,7 @@ class Gemma3Gpu(GpuLayers):
             L = model.layers[il]
             with arena.on(), arena.loading(f"layer {il}"):
                 w = p.window(il)
-                slots = self.n_ctx if w <= 0 else min(self.n_ctx, w + max_batch - 1)
+                slots = layer_slots(self.n_ctx, w, max_batch)  # the CPU cache's sizing
 
                 def up(a, arena=arena):
                     return arena.upload(np.asarray(a, np.float32))

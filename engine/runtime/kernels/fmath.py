@@ -69,3 +69,13 @@ def f32_from_bits(typingctx, bits):
         return builder.bitcast(args[0], _F32)
 
     return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def f64_from_bits(typingctx, bits):
+    """The f64 whose IEEE bit pattern is the uint64 ``bits`` (a bit cast, no conversion)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.uint64), codegen

@@ -29,6 +29,7 @@ from numba import njit, prange
 
 from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
 from engine.runtime.kernels._config import KERNEL
+from engine.runtime.kernels.attention import _attend
 from engine.runtime.kernels.fmath import fma32
 from engine.runtime.kernels.ops import _gelu1
 
@@ -337,59 +338,41 @@ def qk_rope_cache(
 # ---------------------------------------------------------------------------- attention, one query
 
 
-@njit(**KERNEL)
-def _attend_head(q, kt, v, kh, slot_pos, ns, pos, window, round_f16, sc, out):
-    """One query head of :func:`attend_one`: ``q`` (D,), ``kt`` (D, slots) of its KV head ``kh``,
-    ``v`` (slots, Hkv, D) whole, ``sc`` (>= ns) its scores, ``out`` (D,).  The loops index
-    C-contiguous views from 0 (no negative-index checks, unit strides), so they vectorize."""
-    d = q.shape[0]
-    for s in range(ns):
-        sc[s] = 0.0
-    for j in range(d):
-        qj = q[j]
-        for s in range(ns):
-            sc[s] += qj * kt[j, s]
-    for j in range(d):
-        out[j] = 0.0
-    m = -np.inf
-    for s in range(ns):
-        sp = slot_pos[s]
-        if sp < 0 or sp > pos or (window > 0 and pos - sp >= window):
-            sc[s] = -np.inf
-        else:
-            m = max(m, sc[s])
-    total = 0.0
-    for s in range(ns):
-        if sc[s] != -np.inf:
-            e = np.float32(math.exp(np.float32(sc[s] - m)))
-            sc[s] = e
-            total += e
-        else:
-            sc[s] = 0.0
-    inv = np.float32(1.0 / total)
-    for s in range(ns):
-        if sc[s] != 0.0:
-            pr = np.float32(sc[s] * inv)
-            if round_f16:
-                pr = f16_bits_to_f32(f32_to_f16_bits(pr))
-            for j in range(d):
-                out[j] += pr * v[s, kh, j]
-
-
 @njit(**KERNEL, parallel=True)
-def attend_one(q, kt, v, slot_pos, ns, pos, window, round_f16, scores, out):
-    """:func:`~engine.runtime.kernels.attention.attention` for one query at position ``pos`` over
-    the first ``ns`` slots, with the keys transposed: ``q`` (H, D), ``kt`` (Hkv, D, slots), ``v``
-    (slots, Hkv, D) (whole, C-contiguous: slices would not vectorize); ``scores`` (H, >= ns)
-    scratch; ``out`` (H*D,).  Each score is the same sequential f32 sum over D as the batched
-    kernel's, computed for all slots at once (vectorized across slots); threads take heads."""
-    nh = q.shape[0]
-    group = nh // kt.shape[0]
-    d = q.shape[1]
+def attend_one(q, kt, v, slot_pos, ns, pos, window, round_f16, kq_scale, scores, out):
+    """:func:`~engine.runtime.kernels.attention.attention_kt` for one query at position ``pos``
+    (llama.cpp's one-query arithmetic, ``ggml_vec_dot``'s) over the first ``ns`` slots: ``q``
+    (H, D), ``kt`` (Hkv, D, nslot), ``v`` (slots, Hkv, D) (whole, C-contiguous); ``kq_scale``
+    the scores' factor in the softmax (1 for pre-scaled queries); ``scores``
+    (H, >= nslot) scratch; ``out`` (H*D,).  Threads take heads."""
+    nh, d = q.shape
+    nkv = kt.shape[0]
+    group = nh // nkv
+    nslot = kt.shape[2]
+    ktf = kt.reshape(kt.size)
+    vf = v.reshape(v.size)
+    ot = out.reshape(nh, d)
     for h in prange(nh):
-        kh = h // group
-        _attend_head(
-            q[h], kt[kh], v, kh, slot_pos, ns, pos, window, round_f16, scores[h], out[h * d : h * d + d]
+        g = h % group
+        _attend(
+            q,
+            h // group,
+            group,
+            g,
+            g + 1,
+            ktf,
+            nslot,
+            vf,
+            nkv,
+            slot_pos,
+            ns,
+            pos,
+            window,
+            round_f16,
+            np.float32(kq_scale),
+            False,
+            scores[h : h + 1],
+            ot,
         )
 
 
