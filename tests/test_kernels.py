@@ -157,7 +157,7 @@ def _f16(x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("round_f16", [False, True])
-@pytest.mark.parametrize("n,d", [(6, 32), (1, 32), (5, 40), (1, 80)])
+@pytest.mark.parametrize("n,d", [(6, 32), (1, 32), (5, 40), (1, 80), (1, 128), (3, 128)])
 def test_attention_numba_equals_reference(window, round_f16, n, d):
     """Any slot order (a ring buffer, an empty slot), batches (tinyBLAS's form) and one query
     (ggml_vec_dot's), D with and without the SIMD multiples: the NumPy definition's bits."""

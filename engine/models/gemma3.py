@@ -300,7 +300,7 @@ class Gemma3:
         for il in range(p.n_layer):
             w = p.window(il)
             s = layer_slots(self.n_ctx, w, self.cache.max_batch)
-            if w > 0 and s < self.n_ctx and 0 < start_pos and max(0, start_pos - w + 1) < n_past - s:
+            if w > 0 and s < self.n_ctx and start_pos > 0 and max(0, start_pos - w + 1) < n_past - s:
                 return False
         return True
 

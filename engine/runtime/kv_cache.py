@@ -107,7 +107,7 @@ class KVCache:
         holds only its last ``slots`` positions, so restarting further back than
         ``slots - window + 1`` positions has lost part of the first restarted token's window."""
         for w, s in zip(self.windows, self.slots, strict=True):
-            if w > 0 and s < self.n_ctx and 0 < start_pos and max(0, start_pos - w + 1) < self.n_past - s:
+            if w > 0 and s < self.n_ctx and start_pos > 0 and max(0, start_pos - w + 1) < self.n_past - s:
                 return False
         return True
 

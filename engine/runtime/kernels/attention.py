@@ -457,6 +457,126 @@ def _kq64(qh, ktf, base, nslot, b, srow, cb):
 
 
 @njit(**KERNEL)
+def _kq64v(qh, ktf, base, nslot, b, srow, cb):
+    """:func:`_kq64` for D % 64 == 0 in registers: per lane ``l`` the four quarters' sums
+    ``P_j`` (dimensions ``64i + 16j + l``) folded ``(P0 + P2) + (P1 + P3)`` at once, then the 16
+    lanes' tree through ``cb`` (>= 256 floats)."""
+    d = qh.shape[0]
+    for r in range(16):
+        p0 = acc16()
+        p1 = acc16()
+        p2 = acc16()
+        p3 = acc16()
+        for i0 in range(0, d, 64):
+            o = base + (i0 + r) * nslot + b
+            fma16x(p0, ktf, o, qh, i0 + r)
+            fma16x(p1, ktf, o + 16 * nslot, qh, i0 + 16 + r)
+            fma16x(p2, ktf, o + 32 * nslot, qh, i0 + 32 + r)
+            fma16x(p3, ktf, o + 48 * nslot, qh, i0 + 48 + r)
+        add16(p0, p2)
+        add16(p1, p3)
+        add16(p0, p1)
+        store16(p0, cb, r * 16)
+    _fold16(cb, srow, b)
+
+
+@njit(**INLINE)
+def _fold16(cb, srow, b):
+    """``srow[b:b+16]`` = the 16 rows of ``cb[0:256]`` (16 lanes each) added as
+    ``_mm512_reduce_add_ps``'s tree: ``r + (r+8)``, then :func:`_fold8`'s steps."""
+    x = acc16()
+    y = acc16()
+    for r in range(8):
+        load16(x, cb, r * 16)
+        load16(y, cb, (r + 8) * 16)
+        add16(x, y)
+        store16(x, cb, r * 16)
+    _fold8(cb, 0, srow, b)
+
+
+@njit(**KERNEL)
+def _pv64(prow, a0, a1, b0, b1, vf, base, stride, orow, part):
+    """:func:`_pv_lanes` with 64 lanes (``ggml_vec_dot``: one query) for D % 64 == 0 in registers:
+    per 64 dimensions and lane ``l``, the four quarters' sums (slots ``s % 64 == 16j + l``) in 16
+    registers, folded ``(A0 + A2) + (A1 + A3)`` into ``part[l]``, then the 16 lanes' tree;
+    ``part`` (16, >= 64)."""
+    d = orow.shape[0]
+    for j0 in range(0, d, 64):
+        for r in range(16):
+            c00 = acc16()
+            c01 = acc16()
+            c02 = acc16()
+            c03 = acc16()
+            c10 = acc16()
+            c11 = acc16()
+            c12 = acc16()
+            c13 = acc16()
+            c20 = acc16()
+            c21 = acc16()
+            c22 = acc16()
+            c23 = acc16()
+            c30 = acc16()
+            c31 = acc16()
+            c32 = acc16()
+            c33 = acc16()
+            for sg in range(2):
+                lo = a0 if sg == 0 else b0
+                hi = a1 if sg == 0 else b1
+                s = lo + (r - lo) % 64  # quarter 0 of lane r; quarters 1..3 at +16, +32, +48
+                s1 = lo + (16 + r - lo) % 64
+                s2 = lo + (32 + r - lo) % 64
+                s3 = lo + (48 + r - lo) % 64
+                while s < hi:
+                    off = base + s * stride + j0
+                    fma16x(c00, vf, off, prow, s)
+                    fma16x(c01, vf, off + 16, prow, s)
+                    fma16x(c02, vf, off + 32, prow, s)
+                    fma16x(c03, vf, off + 48, prow, s)
+                    s += 64
+                while s1 < hi:
+                    off = base + s1 * stride + j0
+                    fma16x(c10, vf, off, prow, s1)
+                    fma16x(c11, vf, off + 16, prow, s1)
+                    fma16x(c12, vf, off + 32, prow, s1)
+                    fma16x(c13, vf, off + 48, prow, s1)
+                    s1 += 64
+                while s2 < hi:
+                    off = base + s2 * stride + j0
+                    fma16x(c20, vf, off, prow, s2)
+                    fma16x(c21, vf, off + 16, prow, s2)
+                    fma16x(c22, vf, off + 32, prow, s2)
+                    fma16x(c23, vf, off + 48, prow, s2)
+                    s2 += 64
+                while s3 < hi:
+                    off = base + s3 * stride + j0
+                    fma16x(c30, vf, off, prow, s3)
+                    fma16x(c31, vf, off + 16, prow, s3)
+                    fma16x(c32, vf, off + 32, prow, s3)
+                    fma16x(c33, vf, off + 48, prow, s3)
+                    s3 += 64
+            add16(c00, c20)
+            add16(c01, c21)
+            add16(c02, c22)
+            add16(c03, c23)
+            add16(c10, c30)
+            add16(c11, c31)
+            add16(c12, c32)
+            add16(c13, c33)
+            add16(c00, c10)
+            add16(c01, c11)
+            add16(c02, c12)
+            add16(c03, c13)
+            row = part[r]
+            store16(c00, row, 0)
+            store16(c01, row, 16)
+            store16(c02, row, 32)
+            store16(c03, row, 48)
+        _tree_rows(part, 16, 64)
+        for j in range(64):
+            orow[j0 + j] = part[0, j]
+
+
+@njit(**KERNEL)
 def _softmax_segs(srow, slot_pos, p, window, a0, a1, b0, b1, round_f16_, kq_scale, tmp):
     """Scores of the visible slots in the two ranges -> probabilities, in place: llama.cpp's
     soft_max (scores times ``kq_scale`` in f32, ``ggml_v_expf``, 16-cell sums added in double,
@@ -611,6 +731,7 @@ def _attend(
     a0, a1, b0, b1 = _segments(p, window, ns, nslots)
     tmp = np.empty(16, np.float32)
     cb = np.empty((64, 16), np.float32)
+    cbf = cb.reshape(1024)
     kbase = kh * d * nslot
     tiny_kq = batched and d % 16 == 0
     g4 = g0 + (g1 - g0) // 4 * 4 if tiny_kq else g0
@@ -633,6 +754,8 @@ def _attend(
                     break  # scored four heads at a time above
                 if tiny_kq:
                     _kq16(qh, ktf, kbase, nslot, blk, srow)
+                elif d % 64 == 0:
+                    _kq64v(qh, ktf, kbase, nslot, blk, srow, cbf)
                 else:
                     _kq64(qh, ktf, kbase, nslot, blk, srow, cb)
         _softmax_segs(srow, slot_pos, p, window, a0, a1, b0, b1, round_f16, kq_scale, tmp)
@@ -643,10 +766,15 @@ def _attend(
         for g in range(g0, g4, 4):
             _pv16x4(sc, g - g0, a0, a1, b0, b1, vf, kh * d, nkv * d, ot, kh * group + g, part)
     if g4 < g1:
-        lanes = 16 if tiny_pv else 64
-        part = np.empty((lanes, d), np.float32)
-        for g in range(g4, g1):
-            _pv_lanes(sc[g - g0], a0, a1, b0, b1, lanes, vf, kh * d, nkv * d, ot[kh * group + g], part)
+        if not tiny_pv and d % 64 == 0:
+            part = np.empty((16, 64), np.float32)
+            for g in range(g4, g1):
+                _pv64(sc[g - g0], a0, a1, b0, b1, vf, kh * d, nkv * d, ot[kh * group + g], part)
+        else:
+            lanes = 16 if tiny_pv else 64
+            part = np.empty((lanes, d), np.float32)
+            for g in range(g4, g1):
+                _pv_lanes(sc[g - g0], a0, a1, b0, b1, lanes, vf, kh * d, nkv * d, ot[kh * group + g], part)
 
 
 @njit(**KERNEL, parallel=True)
