@@ -401,3 +401,30 @@ def test_kv_cache_knows_when_a_ring_cannot_rewind():
     full = KVCache(n_ctx=300, n_kv_head=1, head_dim=4, windows=[0, 0], max_batch=4, dtype="f32")
     full.n_past = 200
     assert full.can_rewind(1)
+
+
+def test_scale_round_and_kv_store_equal_numpy():
+    """The fused prefill helpers are the NumPy steps they replace, bit for bit: the query's scale
+    then f16 rounding, and the KV cache's f16 rounding + transposed key store over a ring."""
+    from engine.runtime.kernels import scale_round
+
+    rng = np.random.default_rng(12)
+    q = (rng.standard_normal((5, 4, 48)) * 300).astype(np.float32)
+    q[0, 0, :3] = [70000.0, 1e-8, -0.0]  # f16 overflow, subnormal, sign
+    for rnd in (True, False):
+        got = q.copy()
+        scale_round(got, np.float32(0.3), rnd)
+        want = q * np.float32(0.3)
+        if rnd:
+            want = want.astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    for rnd in ("f16", "f32"):
+        a = KVCache(200, 2, 48, [0, 8], 4, dtype=rnd, k_transposed=True)
+        k = (rng.standard_normal((3, 2, 48)) * 100).astype(np.float32)
+        v = (rng.standard_normal((3, 2, 48)) * 100).astype(np.float32)
+        a.write(1, 62, k, v)  # slots 62, 63, 0 of the 64-slot ring
+        cast = (lambda x: x.astype(np.float16).astype(np.float32)) if rnd == "f16" else (lambda x: x)
+        slots = np.array([62, 63, 0])
+        np.testing.assert_array_equal(a.kt[1][:, :, slots], np.transpose(cast(k), (1, 2, 0)))
+        np.testing.assert_array_equal(a.v[1][slots], cast(v))
+        assert a.slot_pos[1][slots].tolist() == [62, 63, 64]

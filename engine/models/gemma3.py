@@ -51,6 +51,7 @@ from engine.runtime.kernels import (
     matvec,
     rmsnorm,
     rope_neox,
+    scale_round,
 )
 from engine.runtime.kernels.qgemm import qgemm
 from engine.runtime.kv_cache import KVCache, layer_slots
@@ -343,9 +344,8 @@ class Gemma3:
             base, fscale = p.rope(il)
             rope_neox(q, positions, base, fscale)
             rope_neox(k, positions, base, fscale)
-            q *= np.float32(p.attn_scale)
-            if self.cache.round_f16:
-                q = q.astype(np.float16).astype(np.float32)  # llama.cpp converts Q for K·Q with f16 K
+            # llama.cpp: ggml_scale(Q), then Q converted to f16 for K·Q with an f16 K
+            scale_round(q, np.float32(p.attn_scale), self.cache.round_f16)
             self.cache.write(il, pos0, k, v)
             a = self._attend(il, q, positions, pos0 + n)
             a = a.reshape(n, p.n_head * p.head_dim)

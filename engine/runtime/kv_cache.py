@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import ModelError
+from engine.runtime.kernels.ops import kv_store
 
 
 def kt_width(slots: int) -> int:
@@ -120,6 +121,12 @@ class KVCache:
     def write(self, layer: int, start_pos: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store k, v (n, n_kv_head, head_dim) for positions ``start_pos ..``."""
         n = k.shape[0]
+        if self.kt is not None and n:  # one parallel pass: f16 rounding and the transpose
+            kv_store(
+                np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
+                self.kt[layer], self.v[layer], self.slot_pos[layer], start_pos, self.round_f16,
+            )  # fmt: skip
+            return
         s0 = start_pos % self.slots[layer] if n else 0
         if s0 + n <= self.slots[layer]:  # no wrap: slices, not a gather/scatter by slot index
             slots = slice(s0, s0 + n)

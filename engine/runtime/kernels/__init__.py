@@ -22,7 +22,7 @@ from engine.runtime.kernels.actquant import (
     round_f16,
 )
 from engine.runtime.kernels.attention import attention, attention_kt, attention_ref
-from engine.runtime.kernels.ops import geglu, geglu_lut, rmsnorm, rope_neox, softmax
+from engine.runtime.kernels.ops import geglu, geglu_lut, kv_store, rmsnorm, rope_neox, scale_round, softmax
 from engine.runtime.kernels.qmatmul import (
     QTYPES,
     VEC_DOT_TYPE,
@@ -50,6 +50,7 @@ __all__ = [
     "dequantize_rows",
     "geglu",
     "geglu_lut",
+    "kv_store",
     "matmul_dense",
     "matmul_ref",
     "matvec",
@@ -62,5 +63,6 @@ __all__ = [
     "rope_neox",
     "round_bf16",
     "round_f16",
+    "scale_round",
     "softmax",
 ]

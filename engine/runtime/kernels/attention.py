@@ -38,13 +38,12 @@ heads of a KV head.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from engine._jit import INLINE
 from engine.runtime.kernels._config import KERNEL
-from engine.runtime.kernels.fmath import f64_from_bits, fma32, fma32_ref, fmadd32
+from engine.runtime.kernels.fmath import f64_from_bits, fma32, fma32_ref, fmadd32, round_f16
 from engine.runtime.kernels.simd import (
     _V16F,
     _f32_ptr,
@@ -90,17 +89,6 @@ def fma16x(typingctx, acc, x, off, y, yoff):
         return context.get_dummy_value()
 
     return types.void(acc, x, off, y, yoff), codegen
-
-
-@intrinsic
-def round_f16(typingctx, x):
-    """``x`` rounded to the nearest f16 (ties to even; IEEE overflow and subnormals), as f32: one
-    ``vcvtps2ph`` where the CPU has F16C, and vectorizable in loops."""
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(types.float32), codegen
 
 
 @intrinsic

@@ -16,6 +16,7 @@ from numba import njit, prange
 from engine.quant._common import f16_bits_to_f32, f32_to_f16_bits
 from engine.runtime.kernels._config import KERNEL
 from engine.runtime.kernels.fmath import fma32, fma32_ref
+from engine.runtime.kernels.fmath import round_f16 as round_f16_
 
 GELU_COEF_A = np.float32(0.044715)
 SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
@@ -299,3 +300,36 @@ def softmax_ref(x: np.ndarray) -> np.ndarray:
     return (e * (1.0 / e.astype(np.float64).sum(axis=-1, keepdims=True)).astype(np.float32)).astype(
         np.float32
     )
+
+
+@njit(**KERNEL, parallel=True)
+def scale_round(x, scale, round_f16):
+    """In place: ``x = x · scale`` in f32, then rounded to f16 with ``round_f16`` (the query before
+    an f16 K·Q, as llama.cpp's ``ggml_scale`` then its f16 conversion compute it)."""
+    xf = x.reshape(x.size)
+    n = xf.shape[0]
+    for c in prange((n + 4095) // 4096):
+        for i in range(c * 4096, min(n, c * 4096 + 4096)):
+            v = np.float32(xf[i] * scale)
+            xf[i] = round_f16_(v) if round_f16 else v
+
+
+@njit(**KERNEL, parallel=True)
+def kv_store(k, v, kt, vc, slot_pos, start_pos, round_f16):
+    """Store ``k``, ``v`` (n, Hkv, D) for positions ``start_pos ..`` in a ring of
+    ``S = len(slot_pos)`` slots (position ``p`` in slot ``p % S``): keys transposed into ``kt``
+    (Hkv, D, >= S), values into ``vc`` (>= S, Hkv, D), rounded to f16 with ``round_f16``."""
+    n, nkv, d = k.shape
+    nslots = slot_pos.shape[0]
+    for t in prange(n):
+        s = (start_pos + t) % nslots
+        for h in range(nkv):
+            for j in range(d):
+                a = k[t, h, j]
+                b = v[t, h, j]
+                if round_f16:
+                    a = round_f16_(a)
+                    b = round_f16_(b)
+                kt[h, j, s] = a
+                vc[s, h, j] = b
+        slot_pos[s] = start_pos + t
