@@ -329,6 +329,11 @@ def test_geglu_through_the_fp16_table_is_bit_identical():
     g[1, :4] = [6.1e-5, -6.1e-5, 1e-8, 65504.0]  # fp16 subnormal/normal edges, overflow
     u = rng.standard_normal((5, 333)).astype(np.float32)
     np.testing.assert_array_equal(geglu_lut(g, u, gelu_f16_table()), geglu(g, u, True))
+    from engine.runtime.kernels.ops import geglu_lut_inplace
+
+    u2 = u.copy()
+    assert geglu_lut_inplace(g, u2, gelu_f16_table()) is not None
+    np.testing.assert_array_equal(u2, geglu(g, u, True))  # written over up, same bits
 
 
 def test_q5_0_widened_to_q8_0_codes_keeps_the_values(gemma):

@@ -46,7 +46,7 @@ from engine.runtime.kernels import (
     dequantize_rows,
     fused,
     geglu,
-    geglu_lut,
+    geglu_lut_inplace,
     matmul_dense,
     matvec,
     rmsnorm,
@@ -369,7 +369,7 @@ class Gemma3:
     def _geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         if not self.fp16_gelu:
             return geglu(gate, up, False)
-        return geglu_lut(gate, up, self.gelu_table())
+        return geglu_lut_inplace(gate, up, self.gelu_table())  # up is this call's own array
 
     def gelu_table(self) -> np.ndarray:
         """ggml's fp16 GELU table (built on first use, 65,536 f32)."""

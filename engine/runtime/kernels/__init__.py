@@ -22,7 +22,16 @@ from engine.runtime.kernels.actquant import (
     round_f16,
 )
 from engine.runtime.kernels.attention import attention, attention_kt, attention_ref
-from engine.runtime.kernels.ops import geglu, geglu_lut, kv_store, rmsnorm, rope_neox, scale_round, softmax
+from engine.runtime.kernels.ops import (
+    geglu,
+    geglu_lut,
+    geglu_lut_inplace,
+    kv_store,
+    rmsnorm,
+    rope_neox,
+    scale_round,
+    softmax,
+)
 from engine.runtime.kernels.qmatmul import (
     QTYPES,
     VEC_DOT_TYPE,
@@ -50,6 +59,7 @@ __all__ = [
     "dequantize_rows",
     "geglu",
     "geglu_lut",
+    "geglu_lut_inplace",
     "kv_store",
     "matmul_dense",
     "matmul_ref",

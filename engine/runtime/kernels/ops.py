@@ -213,8 +213,14 @@ def geglu_lut(gate, up, table):
     """:func:`geglu` with ``fp16_table``, through a table of every fp16 input
     (:func:`engine.runtime.kernels.fused.gelu_f16_table`, ggml's ``ggml_table_gelu_f16``): the same
     numbers without a tanh and two fp16 roundings per element."""
-    rows, n = gate.shape
     out = np.empty_like(gate)
+    _geglu_lut_into(gate, up, table, out)
+    return out
+
+
+@njit(**KERNEL, parallel=True)
+def _geglu_lut_into(gate, up, table, out):
+    rows, n = gate.shape
     for r in prange(rows):
         for i in range(n):
             v = gate[r, i]
@@ -225,7 +231,14 @@ def geglu_lut(gate, up, table):
             else:
                 g = table[f32_to_f16_bits(v)]
             out[r, i] = g * up[r, i]
-    return out
+
+
+@njit(**KERNEL)
+def geglu_lut_inplace(gate, up, table):
+    """:func:`geglu_lut` written over ``up`` (each element read before it is written): one
+    (tokens, n_ff) array less at the prefill's peak."""
+    _geglu_lut_into(gate, up, table, up)
+    return up
 
 
 def geglu_ref(gate: np.ndarray, up: np.ndarray, fp16_table: bool) -> np.ndarray:
