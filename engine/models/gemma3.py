@@ -354,6 +354,7 @@ class Gemma3:
             if last_only and il == p.n_layer - 1:
                 a, x = a[-1:], x[-1:]
             x = x + rmsnorm(a, L.post_attn_norm, eps)
+            del q, k, v, a, hs  # not needed by the FFN: a lower prefill peak
             h = rmsnorm(x, L.ffn_norm, eps)
             if self.observer is not None:
                 self._see(f"blk.{il}.ffn_gate.weight", h)
@@ -361,8 +362,10 @@ class Gemma3:
             hs = SharedActivations(h)
             f = self._geglu(_mm(L.w_gate, hs), _mm(L.w_up, hs))
             self._see(f"blk.{il}.ffn_down.weight", f)
+            del hs
             f = _mm(L.w_down, f)
             x = x + rmsnorm(f, L.post_ffw_norm, eps)
+            del f, h
         self.cache.n_past = pos0 + n
         return self._head(x, pos0, skip_logits, last_only)
 

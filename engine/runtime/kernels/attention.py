@@ -276,7 +276,7 @@ def _segments(p, window, ns, nslots):
     return a, nslots, 0, z + 1
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _kq16(qh, ktf, base, nslot, b, srow):
     """tinyBLAS's scores of slots ``b .. b+15``: lane ``l`` sums dimensions ``l, l+16, ...`` (fused
     multiply-adds), the 16 lanes then added as ``_mm512_reduce_add_ps``'s tree; vectorized across
@@ -334,7 +334,7 @@ def _kq16(qh, ktf, base, nslot, b, srow):
     store16(a0, srow, b)
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _kq16x4(qt, h0, ktf, base, nslot, b, sc, g0, tmp):
     """:func:`_kq16` for the four heads ``h0..h0+3`` of ``qt`` (H, D) into rows ``g0..g0+3`` of
     ``sc``: lanes ``l`` and ``l+8`` (the tree's first pair) for four heads in 8 registers, so every
@@ -404,7 +404,7 @@ def _fold8(tmp, o, srow, b):
     store16(x0, srow, b)
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _tree_rows(buf, rows, width):
     """``buf[0, :width]`` = rows ``0 .. rows-1`` (16 or 64) of ``buf`` folded lane-wise as llama.cpp
     does: 64 rows as ``ggml_vec_dot``'s quarters ``(A0 + A2) + (A1 + A3)`` first, then 16 as
@@ -421,7 +421,7 @@ def _tree_rows(buf, rows, width):
         h //= 2
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _kq64(qh, ktf, base, nslot, b, srow, cb):
     """``ggml_vec_dot``'s scores of slots ``b .. b+15``: 64 lanes over D (dimension ``j`` in lane
     ``j % 64``), folded ``(A0 + A2) + (A1 + A3)`` and by tree; the dimensions past the last
@@ -444,7 +444,7 @@ def _kq64(qh, ktf, base, nslot, b, srow, cb):
             srow[b + x] = cb[0, x]
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _kq64v(qh, ktf, base, nslot, b, srow, cb):
     """:func:`_kq64` for D % 64 == 0 in registers: per lane ``l`` the four quarters' sums
     ``P_j`` (dimensions ``64i + 16j + l``) folded ``(P0 + P2) + (P1 + P3)`` at once, then the 16
@@ -482,7 +482,7 @@ def _fold16(cb, srow, b):
     _fold8(cb, 0, srow, b)
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _pv64(prow, a0, a1, b0, b1, vf, base, stride, orow, part):
     """:func:`_pv_lanes` with 64 lanes (``ggml_vec_dot``: one query) for D % 64 == 0 in registers:
     per 64 dimensions and lane ``l``, the four quarters' sums (slots ``s % 64 == 16j + l``) in 16
@@ -564,7 +564,7 @@ def _pv64(prow, a0, a1, b0, b1, vf, base, stride, orow, part):
             orow[j0 + j] = part[0, j]
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _softmax_segs(srow, slot_pos, p, window, a0, a1, b0, b1, round_f16_, kq_scale, tmp):
     """Scores of the visible slots in the two ranges -> probabilities, in place: llama.cpp's
     soft_max (scores times ``kq_scale`` in f32, ``ggml_v_expf``, 16-cell sums added in double,
@@ -607,7 +607,7 @@ def _softmax_segs(srow, slot_pos, p, window, a0, a1, b0, b1, round_f16_, kq_scal
                 srow[s] = np.float32(srow[s] * inv)
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _pv_lanes(prow, a0, a1, b0, b1, lanes, vf, base, stride, orow, part):
     """``orow = Σ_s prow[s] · v[s]`` over the two slot ranges, slot ``s`` in lane ``s % lanes``
     (16: tinyBLAS, 64: ``ggml_vec_dot``), each lane summing its slots in position order with
@@ -632,7 +632,7 @@ def _pv_lanes(prow, a0, a1, b0, b1, lanes, vf, base, stride, orow, part):
         orow[j] = part[0, j]
 
 
-@njit(**KERNEL)
+@njit(**INLINE)
 def _pv16x4(sc, g0, a0, a1, b0, b1, vf, base, stride, ot, h0, part):
     """:func:`_pv_lanes` with 16 lanes for the four heads ``h0..h0+3`` (probability rows
     ``g0..g0+3`` of ``sc``) at once, D % 64 == 0: per 64 dimensions and lane, 4 heads × 64 dims in
