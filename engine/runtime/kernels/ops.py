@@ -208,7 +208,7 @@ def geglu(gate, up, fp16_table):
     return out
 
 
-@njit(**KERNEL, parallel=True)
+@njit(**KERNEL)
 def geglu_lut(gate, up, table):
     """:func:`geglu` with ``fp16_table``, through a table of every fp16 input
     (:func:`engine.runtime.kernels.fused.gelu_f16_table`, ggml's ``ggml_table_gelu_f16``): the same
