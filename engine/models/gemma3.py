@@ -54,7 +54,7 @@ from engine.runtime.kernels import (
     scale_round,
 )
 from engine.runtime.kernels.qgemm import qgemm
-from engine.runtime.kv_cache import KVCache, layer_slots
+from engine.runtime.kv_cache import KVCache, layer_slots, ring_keeps
 
 ARCH = "gemma3"
 SWA_PATTERN = 6
@@ -297,13 +297,11 @@ class Gemma3:
     def can_rewind(self, start_pos: int) -> bool:
         """Whether :meth:`forward` may restart at ``start_pos``: every sliding-window layer's ring
         (CPU or GPU, sized alike) still holds the keys the restarted tokens see."""
-        p, n_past = self.params, self.cache.n_past
-        for il in range(p.n_layer):
-            w = p.window(il)
-            s = layer_slots(self.n_ctx, w, self.cache.max_batch)
-            if w > 0 and s < self.n_ctx and start_pos > 0 and max(0, start_pos - w + 1) < n_past - s:
-                return False
-        return True
+        p, n_past, mb = self.params, self.cache.n_past, self.cache.max_batch
+        return all(
+            ring_keeps(self.n_ctx, p.window(il), layer_slots(self.n_ctx, p.window(il), mb), start_pos, n_past)
+            for il in range(p.n_layer)
+        )
 
     def logits_all(self, ids) -> np.ndarray:
         """Reset, then the logits of every position of ``ids`` (n, n_vocab)."""

@@ -41,6 +41,15 @@ def layer_slots(n_ctx: int, window: int, max_batch: int) -> int:
     return min(n_ctx, -(-(window + max_batch - 1) // 64) * 64)
 
 
+def ring_keeps(n_ctx: int, window: int, slots: int, start_pos: int, n_past: int) -> bool:
+    """Whether a layer of ``slots`` slots (a ring when fewer than ``n_ctx``) holding positions
+    ``< n_past`` still has every key a batch restarting at ``start_pos`` sees: a ring holds only
+    its last ``slots`` positions, and the first restarted token looks back ``window - 1``."""
+    if window <= 0 or slots >= n_ctx or start_pos <= 0:
+        return True
+    return max(0, start_pos - window + 1) >= n_past - slots
+
+
 class KVCache:
     """K and V for every layer; :meth:`write` a batch, then :meth:`view` what attention reads."""
 
@@ -104,13 +113,12 @@ class KVCache:
             )
 
     def can_rewind(self, start_pos: int) -> bool:
-        """Whether a batch restarting at ``start_pos`` still finds every key it may see: a ring
-        holds only its last ``slots`` positions, so restarting further back than
-        ``slots - window + 1`` positions has lost part of the first restarted token's window."""
-        for w, s in zip(self.windows, self.slots, strict=True):
-            if w > 0 and s < self.n_ctx and start_pos > 0 and max(0, start_pos - w + 1) < self.n_past - s:
-                return False
-        return True
+        """Whether a batch restarting at ``start_pos`` still finds every key it may see
+        (:func:`ring_keeps` for every layer)."""
+        return all(
+            ring_keeps(self.n_ctx, w, s, start_pos, self.n_past)
+            for w, s in zip(self.windows, self.slots, strict=True)
+        )
 
     def truncate(self, n_past: int) -> None:
         """Forget positions >= ``n_past`` (a batch restarting before the end of the cache)."""

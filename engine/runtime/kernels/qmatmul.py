@@ -813,23 +813,29 @@ def q4k_gemm_cols(n: int) -> int:
 
 
 @njit(**KERNEL, parallel=True)
-def _q8k_tok16(xq, xd, xbs, ngemm):
-    """The first ``ngemm`` columns of Q8_K activations in :func:`~.simd.q4k_tok16`'s layout, 16
-    columns per group (the last group padded with zero columns): codes ``xT`` (G, K·16) int8,
-    32-element sums ``bT`` (G, K/32·16) int32, scales ``dx`` (G, K/256·16) f32."""
+def _q8k_tok16(xq, xd, xbs, ncols, sums, mult):
+    """The first ``ncols`` columns of Q8_K activations in the tok16 intrinsics' layout, 16
+    columns per group (the last group padded with zero columns): codes ``xT`` (G, K·16) int8
+    interleaved by 4, block sums ``bT`` (G, K/(16·sums)·16) int32 (``mult`` times the sum of
+    ``sums`` consecutive 16-element sums: Q4_K's 32-element sums with ``sums=2, mult=1``, Q6_K's
+    ``-32·`` 16-element sums with ``sums=1, mult=-32``), scales ``dx`` (G, K/256·16) f32."""
     k = xq.shape[1]
     nb = xd.shape[1]
-    ng = (ngemm + _TOK - 1) // _TOK
+    ns = nb * 16 // sums
+    ng = (ncols + _TOK - 1) // _TOK
     xT = np.zeros((ng, k * _TOK), np.int8)
-    bT = np.zeros((ng, nb * 8 * _TOK), np.int32)
+    bT = np.zeros((ng, ns * _TOK), np.int32)
     dx = np.zeros((ng, nb * _TOK), np.float32)
     for g in prange(ng):
-        for lane in range(min(_TOK, ngemm - g * _TOK)):
+        for lane in range(min(_TOK, ncols - g * _TOK)):
             t = g * _TOK + lane
             for e in range(k):
                 xT[g, (e >> 2) * 64 + lane * 4 + (e & 3)] = xq[t, e]
-            for s in range(nb * 8):
-                bT[g, s * _TOK + lane] = xbs[t, 2 * s] + xbs[t, 2 * s + 1]
+            for s in range(ns):
+                acc = 0
+                for i in range(sums):
+                    acc += xbs[t, sums * s + i]
+                bT[g, s * _TOK + lane] = mult * acc
             for b in range(nb):
                 dx[g, b * _TOK + lane] = xd[t, b]
     return xT, bT, dx
@@ -916,7 +922,7 @@ def _mv_q4k_repack(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm, xT, bT, dx):
 def _q4k_llama(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm):
     """:func:`_mv_q4k_repack` with its activations prepared."""
     if ngemm > 0:
-        xT, bT, dx = _q8k_tok16(xq, xd, xbs, ngemm)
+        xT, bT, dx = _q8k_tok16(xq, xd, xbs, ngemm, 2, 1)
     else:  # decode: no parallel region to start for nothing
         xT, bT, dx = np.zeros((0, 1), np.int8), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.float32)
     _mv_q4k_repack(qs, sc, mn, d, dmin, xq, xd, xbs, out, ngemm, xT, bT, dx)
@@ -935,27 +941,11 @@ def q6k_tiled(n: int) -> bool:
     return n >= Q6K_TILED_MIN
 
 
-@njit(**KERNEL, parallel=True)
+@njit(**KERNEL)
 def _q8k_tok16_q6(xq, xd, xbs):
-    """Q8_K activations in :func:`~.simd.q6k_tok16`'s layout, 16 columns per group (the last
-    group padded with zero columns): codes ``xT`` (G, K·16) int8 as :func:`_q8k_tok16`,
-    ``-32·`` the 16-element sums ``bT`` (G, K/16·16) int32, scales ``dx`` (G, K/256·16) f32."""
-    n, k = xq.shape
-    nb = xd.shape[1]
-    ng = (n + _TOK - 1) // _TOK
-    xT = np.zeros((ng, k * _TOK), np.int8)
-    bT = np.zeros((ng, nb * 16 * _TOK), np.int32)
-    dx = np.zeros((ng, nb * _TOK), np.float32)
-    for g in prange(ng):
-        for lane in range(min(_TOK, n - g * _TOK)):
-            t = g * _TOK + lane
-            for e in range(k):
-                xT[g, (e >> 2) * 64 + lane * 4 + (e & 3)] = xq[t, e]
-            for s in range(nb * 16):
-                bT[g, s * _TOK + lane] = -32 * xbs[t, s]
-            for b in range(nb):
-                dx[g, b * _TOK + lane] = xd[t, b]
-    return xT, bT, dx
+    """Every column of Q8_K activations in :func:`~.simd.q6k_tok16`'s layout (:func:`_q8k_tok16`
+    with ``-32·`` the 16-element sums)."""
+    return _q8k_tok16(xq, xd, xbs, xq.shape[0], 1, -32)
 
 
 @njit(**KERNEL)
