@@ -141,7 +141,7 @@ def quantize(x: np.ndarray, qtype: object, imatrix: np.ndarray | None = None) ->
     fmt = format_of(qtype)
     if fmt.quantize is None:
         raise QuantError(f"Quantizing to {fmt.name} is not supported yet (it can only be dequantized).")
-    x = check_rows(x, fmt.name, fmt.block_size)
+    x = check_rows(x, fmt.name, fmt.block_size, finite=not fmt.checks_finite)
     im = None if imatrix is None else check_imatrix(imatrix, fmt.name, x.shape[1])
     if im is None and fmt.needs_imatrix:
         raise QuantError(

@@ -236,8 +236,9 @@ def _count_nonfinite(bits):
     return n
 
 
-def check_rows(x: object, qtype: str, block_size: int) -> np.ndarray:
-    """Validate a quantize input: 2-D float32, non-empty, rows divisible into blocks, finite."""
+def check_rows(x: object, qtype: str, block_size: int, finite: bool = True) -> np.ndarray:
+    """Validate a quantize input: 2-D float32, non-empty, rows divisible into blocks, and (unless
+    ``finite`` is False: the quantizer checks as it goes) finite.  Returns it C-contiguous."""
     if not isinstance(x, np.ndarray):
         raise QuantError(f"Cannot quantize to {qtype}: input must be a NumPy array, got {type(x).__name__}.")
     if x.dtype != np.float32:
@@ -255,12 +256,23 @@ def check_rows(x: object, qtype: str, block_size: int) -> np.ndarray:
             f"Cannot quantize to {qtype}: row length {n} is not a multiple of the block size {block_size}."
         )
     x = np.ascontiguousarray(x)
-    if _count_nonfinite(x.reshape(-1).view(np.uint32)):
-        r, c = np.argwhere(~np.isfinite(x))[0]
-        raise QuantError(
-            f"Cannot quantize to {qtype}: input has a non-finite value ({x[r, c]}) at row {r}, column {c}."
-        )
+    if finite:
+        check_finite(x, qtype)
     return x
+
+
+def check_finite(x: np.ndarray, qtype: str) -> None:
+    """Raise :class:`QuantError` naming the first NaN or infinity of ``x`` (2-D, C-contiguous)."""
+    if _count_nonfinite(x.reshape(-1).view(np.uint32)):
+        raise nonfinite_error(x, qtype)
+
+
+def nonfinite_error(x: np.ndarray, qtype: str) -> QuantError:
+    """The error for an input with a NaN or an infinity, naming the first one."""
+    r, c = np.argwhere(~np.isfinite(x))[0]
+    return QuantError(
+        f"Cannot quantize to {qtype}: input has a non-finite value ({x[r, c]}) at row {r}, column {c}."
+    )
 
 
 def check_imatrix(imatrix: object, qtype: str, n_per_row: int) -> np.ndarray:

@@ -15,8 +15,10 @@ from engine.quant._common import (
     KERNEL,
     dequant_in_parallel,
     f32_to_f16_bits,
+    nonfinite_error,
     np_f32_to_f16_bits,
 )
+from engine.quant._simd_rows import bf16_span
 from engine.quant.format import QuantFormat
 
 # ============================================================================ Numba kernels
@@ -45,11 +47,26 @@ def _bf16_row(u, out):
         out[j] = np.uint16(quiet if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded)
 
 
+_BF16_CHUNK = 1 << 16
+
+
 @njit(**KERNEL, parallel=True)
-def _bf16_rows(u, out):
-    """``out`` (rows, n) uint16: the bf16 bits of the float32 bit patterns ``u`` (rows, n) uint32."""
-    for r in prange(u.shape[0]):
-        _bf16_row(u[r], out[r])
+def _bf16_flat(u, out):
+    """``out``: the bf16 bits of the float32 bit patterns ``u`` (both flat), in chunks spread over
+    threads, 16 at a time (:func:`engine.quant._simd_rows.bf16_span`); returns how many NaN or
+    infinities it met (in groups of 16)."""
+    n = u.shape[0]
+    nc = (n + _BF16_CHUNK - 1) // _BF16_CHUNK
+    bad = np.zeros(nc, dtype=np.int64)
+    for c in prange(nc):
+        lo = c * _BF16_CHUNK
+        m = min(n - lo, _BF16_CHUNK)
+        v = m - m % 16
+        bad[c] = bf16_span(u, out, lo, v)
+        for j in range(lo + v, lo + m):
+            bad[c] += (u[j] & np.uint32(0x7FFFFFFF)) >= np.uint32(0x7F800000)
+        _bf16_row(u[lo + v : lo + m], out[lo + v : lo + m])
+    return bad.sum()
 
 
 _TWO_M14 = np.float32(2.0**-14)
@@ -112,7 +129,8 @@ def _quantize_f16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 def _quantize_bf16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     out = np.empty(x.shape, dtype=np.uint16)
-    _bf16_rows(np.ascontiguousarray(x).view(np.uint32), out)
+    if _bf16_flat(x.reshape(-1).view(np.uint32), out.reshape(-1)):
+        raise nonfinite_error(x, "BF16")
     return out.view(np.uint8)
 
 
@@ -139,7 +157,7 @@ def _dequantize_bf16(blocks: np.ndarray) -> np.ndarray:
 FORMATS: dict[str, QuantFormat] = {
     "F32": QuantFormat("F32", 0, 1, 4, _dequantize_f32, _quantize_f32),
     "F16": QuantFormat("F16", 1, 1, 2, _dequantize_f16, _quantize_f16),
-    "BF16": QuantFormat("BF16", 30, 1, 2, _dequantize_bf16, _quantize_bf16),
+    "BF16": QuantFormat("BF16", 30, 1, 2, _dequantize_bf16, _quantize_bf16, checks_finite=True),
 }
 
 

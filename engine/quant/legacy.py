@@ -6,8 +6,9 @@ without an importance matrix ``quantize_row_q*_ref``; with one ``quantize_row_q4
 ``q4_1`` / ``q5_1`` (``make_qkx3_quants``, rmin -0.9, rdelta 0.05, 36 steps).  Q8_0 ignores
 the importance matrix, as llama.cpp does.
 
-Each type has a Numba kernel (``FORMATS``, multi-threaded over rows) and a vectorized NumPy
-reference (``REFERENCE``, vectorized over blocks, sequential over a block's elements in C
+Each type has a Numba kernel (``FORMATS``, multi-threaded over rows: without an importance matrix
+a vector loop per row, :mod:`engine.quant._simd_rows`; with one block by block) and a vectorized
+NumPy reference (``REFERENCE``, vectorized over blocks, sequential over a block's elements in C
 order); the tests hold them equal to each other and to llama.cpp's bytes.
 """
 
@@ -20,13 +21,14 @@ from engine.quant._common import (
     DEQUANT_CHUNK,
     INLINE,
     KERNEL,
+    check_finite,
     dequant_in_parallel,
     dequant_output,
     f16_bits_to_f32,
     f32_to_f16_bits,
     get_u16,
-    imatrix_arg,
     nearest_int,
+    nonfinite_error,
     np_f32_to_f16_bits,
     np_nearest_int,
     np_roundf,
@@ -34,11 +36,9 @@ from engine.quant._common import (
     np_trunc_i32,
     np_u16_bytes,
     put_u16,
-    roundf,
-    trunc_i8,
-    trunc_i32,
 )
-from engine.quant._simd import absmax32, minmax32, qkx_errors, qkx_products, qx_products
+from engine.quant._simd import qkx_errors, qkx_products, qx_products
+from engine.quant._simd_rows import q4_0_row, q4_1_row, q5_0_row, q5_1_row, q8_0_row
 from engine.quant.format import QuantFormat
 
 QK = 32
@@ -46,51 +46,6 @@ GROUP_MAX_EPS = np.float32(1e-15)
 FLT_MAX = np.float32(np.finfo(np.float32).max)
 
 # ============================================================================ Numba helpers
-
-
-@njit(**INLINE)
-def _block_absmax(x, o):
-    """(amax, signed max) of x[o:o+32]: the first element with the largest |x| wins."""
-    amax = absmax32(x, o)  # 8 lanes; then the first element of that magnitude, as C's scan keeps
-    if amax == 0:
-        return np.float32(0.0), np.float32(0.0)
-    for j in range(QK):
-        if abs(x[o + j]) == amax:
-            return amax, x[o + j]
-    return _block_absmax_scan(x, o)  # not reached for finite input
-
-
-@njit(**INLINE)
-def _block_absmax_scan(x, o):
-    amax = np.float32(0.0)
-    vmax = np.float32(0.0)
-    for j in range(QK):
-        v = x[o + j]
-        if amax < abs(v):
-            amax = np.float32(abs(v))
-            vmax = v
-    return amax, vmax
-
-
-@njit(**INLINE)
-def _block_minmax(x, o):
-    vmin, vmax = minmax32(x, o)  # 8 lanes; exact but for the sign of a zero: then C's scan
-    if vmin != 0 and vmax != 0:
-        return vmin, vmax
-    return _block_minmax_scan(x, o)
-
-
-@njit(**INLINE)
-def _block_minmax_scan(x, o):
-    vmin = FLT_MAX
-    vmax = -FLT_MAX
-    for j in range(QK):
-        v = x[o + j]
-        if v < vmin:
-            vmin = v
-        if v > vmax:
-            vmax = v
-    return vmin, vmax
 
 
 @njit(**INLINE)
@@ -254,39 +209,31 @@ def _pack_q5(L, out, p):
 # ============================================================================ Numba kernels
 
 
+# The importance-matrix paths, block by block (without one: the vector rows of _simd_rows).
+
+
 @njit(**KERNEL, parallel=True)
-def _q4_0_rows(x, out, im, has_im):
+def _q4_0_rows(x, out, im):
     rows, n = x.shape
-    nb = n // QK
     for r in prange(rows):
         xr = x[r]
         yr = out[r]
         L = np.zeros(QK, dtype=np.int64)
         weight = np.zeros(QK, dtype=np.float32)
         scr = np.zeros((3, QK), dtype=np.float32)
-        sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
-        for ib in range(nb):
+        sigma2 = _row_sigma2(xr)
+        for ib in range(n // QK):
             o = ib * QK
             p = ib * 18
-            if has_im:
-                _block_weights(xr, o, im, sigma2, weight)
-                d = _make_qx_quants_w(QK, 8, xr, o, L, weight, scr)
-                put_u16(yr, p, f32_to_f16_bits(d))
-                _pack_nibbles(L, yr, p + 2)
-            else:
-                _amax, vmax = _block_absmax(xr, o)
-                d = np.float32(vmax / np.float32(-8.0))
-                idd = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-                put_u16(yr, p, f32_to_f16_bits(d))
-                for j in range(QK):
-                    L[j] = min(15, trunc_i8(np.float32(np.float32(xr[o + j] * idd) + np.float32(8.5)))) & 0xFF
-                _pack_nibbles(L, yr, p + 2)
+            _block_weights(xr, o, im, sigma2, weight)
+            d = _make_qx_quants_w(QK, 8, xr, o, L, weight, scr)
+            put_u16(yr, p, f32_to_f16_bits(d))
+            _pack_nibbles(L, yr, p + 2)
 
 
 @njit(**KERNEL, parallel=True)
-def _q4_1_rows(x, out, im, has_im):
+def _q4_1_rows(x, out, im):
     rows, n = x.shape
-    nb = n // QK
     for r in prange(rows):
         xr = x[r]
         yr = out[r]
@@ -294,62 +241,41 @@ def _q4_1_rows(x, out, im, has_im):
         Laux = np.zeros(QK, dtype=np.uint8)
         weight = np.zeros(QK, dtype=np.float32)
         scr = np.zeros((3, QK), dtype=np.float32)
-        sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
-        for ib in range(nb):
+        sigma2 = _row_sigma2(xr)
+        for ib in range(n // QK):
             o = ib * QK
             p = ib * 20
-            if has_im:
-                _block_weights(xr, o, im, sigma2, weight)
-                d, the_min = _make_qkx3_quants_w(
-                    QK, 15, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, scr
-                )
-                put_u16(yr, p, f32_to_f16_bits(d))
-                put_u16(yr, p + 2, f32_to_f16_bits(-the_min))
-            else:
-                vmin, vmax = _block_minmax(xr, o)
-                d = np.float32(np.float32(vmax - vmin) / np.float32(15.0))
-                idd = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-                put_u16(yr, p, f32_to_f16_bits(d))
-                put_u16(yr, p + 2, f32_to_f16_bits(vmin))
-                for j in range(QK):
-                    v = np.float32(np.float32(xr[o + j] - vmin) * idd)
-                    L[j] = min(15, trunc_i8(np.float32(v + np.float32(0.5)))) & 0xFF
+            _block_weights(xr, o, im, sigma2, weight)
+            d, the_min = _make_qkx3_quants_w(
+                QK, 15, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, scr
+            )
+            put_u16(yr, p, f32_to_f16_bits(d))
+            put_u16(yr, p + 2, f32_to_f16_bits(-the_min))
             _pack_nibbles(L, yr, p + 4)
 
 
 @njit(**KERNEL, parallel=True)
-def _q5_0_rows(x, out, im, has_im):
+def _q5_0_rows(x, out, im):
     rows, n = x.shape
-    nb = n // QK
     for r in prange(rows):
         xr = x[r]
         yr = out[r]
         L = np.zeros(QK, dtype=np.int64)
         weight = np.zeros(QK, dtype=np.float32)
         scr = np.zeros((3, QK), dtype=np.float32)
-        sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
-        for ib in range(nb):
+        sigma2 = _row_sigma2(xr)
+        for ib in range(n // QK):
             o = ib * QK
             p = ib * 22
-            if has_im:
-                _block_weights(xr, o, im, sigma2, weight)
-                d = _make_qx_quants_w(QK, 16, xr, o, L, weight, scr)
-            else:
-                _amax, vmax = _block_absmax(xr, o)
-                d = np.float32(vmax / np.float32(-16.0))
-                idd = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-                for j in range(QK):
-                    L[j] = (
-                        min(31, trunc_i8(np.float32(np.float32(xr[o + j] * idd) + np.float32(16.5)))) & 0xFF
-                    )
+            _block_weights(xr, o, im, sigma2, weight)
+            d = _make_qx_quants_w(QK, 16, xr, o, L, weight, scr)
             put_u16(yr, p, f32_to_f16_bits(d))
             _pack_q5(L, yr, p + 2)
 
 
 @njit(**KERNEL, parallel=True)
-def _q5_1_rows(x, out, im, has_im):
+def _q5_1_rows(x, out, im):
     rows, n = x.shape
-    nb = n // QK
     for r in prange(rows):
         xr = x[r]
         yr = out[r]
@@ -357,48 +283,35 @@ def _q5_1_rows(x, out, im, has_im):
         Laux = np.zeros(QK, dtype=np.uint8)
         weight = np.zeros(QK, dtype=np.float32)
         scr = np.zeros((3, QK), dtype=np.float32)
-        sigma2 = _row_sigma2(xr) if has_im else np.float32(0.0)
-        for ib in range(nb):
+        sigma2 = _row_sigma2(xr)
+        for ib in range(n // QK):
             o = ib * QK
             p = ib * 24
-            if has_im:
-                _block_weights(xr, o, im, sigma2, weight)
-                d, the_min = _make_qkx3_quants_w(
-                    QK, 31, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, scr
-                )
-                put_u16(yr, p, f32_to_f16_bits(d))
-                put_u16(yr, p + 2, f32_to_f16_bits(-the_min))
-            else:
-                vmin, vmax = _block_minmax(xr, o)
-                d = np.float32(np.float32(vmax - vmin) / np.float32(31.0))
-                idd = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-                put_u16(yr, p, f32_to_f16_bits(d))
-                put_u16(yr, p + 2, f32_to_f16_bits(vmin))
-                for j in range(QK):
-                    v = np.float32(np.float32(xr[o + j] - vmin) * idd)
-                    L[j] = trunc_i32(np.float32(v + np.float32(0.5))) & 0xFF
+            _block_weights(xr, o, im, sigma2, weight)
+            d, the_min = _make_qkx3_quants_w(
+                QK, 31, xr, o, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, scr
+            )
+            put_u16(yr, p, f32_to_f16_bits(d))
+            put_u16(yr, p + 2, f32_to_f16_bits(-the_min))
             _pack_q5(L, yr, p + 4)
 
 
 @njit(**KERNEL, parallel=True)
-def _q8_0_rows(x, out):
-    rows, n = x.shape
-    nb = n // QK
-    for r in prange(rows):
-        xr = x[r]
-        yr = out[r]
-        for ib in range(nb):
-            o = ib * QK
-            p = ib * 34
-            amax = np.float32(0.0)
-            for j in range(QK):
-                a = np.float32(abs(xr[o + j]))
-                amax = amax if amax > a else a
-            d = np.float32(amax / np.float32(127.0))
-            idd = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-            put_u16(yr, p, f32_to_f16_bits(d))
-            for j in range(QK):
-                yr[p + 2 + j] = trunc_i8(np.float32(roundf(np.float32(xr[o + j] * idd)))) & 0xFF
+def _rows_simd(x, out, kind, bad):
+    """The quantizers without an importance matrix, a row per vector loop (see
+    :mod:`engine.quant._simd_rows`); ``kind`` as in :data:`_KIND`.  ``bad[r]``: how many blocks of
+    row r hold a NaN or an infinity (the bytes are then meaningless)."""
+    for r in prange(x.shape[0]):
+        if kind == 0:
+            bad[r] = q4_0_row(x[r], out[r])
+        elif kind == 1:
+            bad[r] = q4_1_row(x[r], out[r])
+        elif kind == 2:
+            bad[r] = q5_0_row(x[r], out[r])
+        elif kind == 3:
+            bad[r] = q5_1_row(x[r], out[r])
+        else:
+            bad[r] = q8_0_row(x[r], out[r])
 
 
 # Dequantizers: ``b`` the flat bytes of whole blocks, ``y`` the flat float32 output.  The element
@@ -485,20 +398,27 @@ def _dequant_legacy(b, y, kind, ts, qk):
 # ============================================================================ Python wrappers
 
 
-def _runner(kernel, type_size):
+_KIND = {"Q4_0": 0, "Q4_1": 1, "Q5_0": 2, "Q5_1": 3, "Q8_0": 4}
+
+
+def _quantizer(name: str):
+    """Without an importance matrix (Q8_0 ignores it) the vector row kernels, which also check that
+    the input is finite; with one the block-by-block kernels after a separate finiteness pass."""
+
     def quantize(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        out = np.empty((x.shape[0], x.shape[1] // QK * type_size), dtype=np.uint8)
-        im, has_im = imatrix_arg(imatrix)
-        kernel(x, out, im, has_im)
+        if imatrix is not None and name != "Q8_0":
+            check_finite(x, name)
+            out = np.empty((x.shape[0], x.shape[1] // QK * _SIZE[name]), dtype=np.uint8)
+            _IMATRIX[name](x, out, imatrix)
+            return out
+        out = np.empty((x.shape[0], x.shape[1] // QK * _SIZE[name]), dtype=np.uint8)
+        bad = np.empty(x.shape[0], dtype=np.int64)
+        _rows_simd(x, out, _KIND[name], bad)
+        if bad.any():
+            raise nonfinite_error(x, name)
         return out
 
     return quantize
-
-
-def _quantize_q8_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    out = np.empty((x.shape[0], x.shape[1] // QK * 34), dtype=np.uint8)
-    _q8_0_rows(x, out)
-    return out
 
 
 def _dequantizer(kind):
@@ -518,12 +438,29 @@ def _dequantizer(kind):
     return dequantize
 
 
+_SIZE = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
+_IMATRIX = {"Q4_0": _q4_0_rows, "Q4_1": _q4_1_rows, "Q5_0": _q5_0_rows, "Q5_1": _q5_1_rows}
+
+
+def _format(name: str, gid: int, kind: int) -> QuantFormat:
+    return QuantFormat(
+        name,
+        gid,
+        QK,
+        _SIZE[name],
+        _dequantizer(kind),
+        _quantizer(name),
+        uses_imatrix=name != "Q8_0",
+        checks_finite=True,
+    )
+
+
 FORMATS: dict[str, QuantFormat] = {
-    "Q4_0": QuantFormat("Q4_0", 2, QK, 18, _dequantizer(0), _runner(_q4_0_rows, 18), uses_imatrix=True),
-    "Q4_1": QuantFormat("Q4_1", 3, QK, 20, _dequantizer(1), _runner(_q4_1_rows, 20), uses_imatrix=True),
-    "Q5_0": QuantFormat("Q5_0", 6, QK, 22, _dequantizer(2), _runner(_q5_0_rows, 22), uses_imatrix=True),
-    "Q5_1": QuantFormat("Q5_1", 7, QK, 24, _dequantizer(3), _runner(_q5_1_rows, 24), uses_imatrix=True),
-    "Q8_0": QuantFormat("Q8_0", 8, QK, 34, _dequantizer(4), _quantize_q8_0),
+    "Q4_0": _format("Q4_0", 2, 0),
+    "Q4_1": _format("Q4_1", 3, 1),
+    "Q5_0": _format("Q5_0", 6, 2),
+    "Q5_1": _format("Q5_1", 7, 3),
+    "Q8_0": _format("Q8_0", 8, 4),
 }
 
 

@@ -2,6 +2,7 @@
 
 Ports of ``quantize_row_tq1_0_ref`` / ``quantize_row_tq2_0_ref`` (llama.cpp ignores any
 importance matrix for these): d = absmax of the 256-element block, trits ``lroundf(x/d)+1``.
+Quantized a row per vector loop (:mod:`engine.quant._simd_rows`); NumPy references below.
 Block layouts: TQ1_0 ``qs[48]; qh[4]; d`` and TQ2_0 ``qs[64]; d`` (fp16 ``d`` last).
 """
 
@@ -16,14 +17,13 @@ from engine.quant._common import (
     QK_K,
     dequant_in_parallel,
     f16_bits_to_f32,
-    f32_to_f16_bits,
     get_u16,
+    nonfinite_error,
     np_f32_to_f16_bits,
     np_roundf,
     np_u16_bytes,
-    put_u16,
-    roundf,
 )
+from engine.quant._simd_rows import tq1_0_row, tq2_0_row
 from engine.quant.format import QuantFormat
 
 TQ1_SIZE = 54
@@ -32,72 +32,12 @@ TQ2_SIZE = 66
 # ============================================================================ Numba kernels
 
 
-@njit(**KERNEL)
-def _scale(x, o):
-    amax = np.float32(0.0)
-    for j in range(QK_K):
-        a = np.float32(abs(x[o + j]))
-        amax = amax if amax > a else a
-    idd = np.float32(np.float32(1.0) / amax) if amax != 0 else np.float32(0.0)
-    return amax, idd
-
-
-@njit(**KERNEL)
-def _trit(v, idd):
-    return roundf(np.float32(v * idd)) + 1
-
-
 @njit(**KERNEL, parallel=True)
-def _tq1_rows(x, out):
-    rows, n = x.shape
-    nb = n // QK_K
-    for r in prange(rows):
-        xr = x[r]
-        yr = out[r]
-        for ib in range(nb):
-            o = ib * QK_K
-            p = ib * TQ1_SIZE
-            d, idd = _scale(xr, o)
-            # qs[0:32]: elements o + m + 32n, n = 0..4
-            for m in range(32):
-                q = 0
-                for k in range(5):
-                    q = (q * 3 + _trit(xr[o + m + k * 32], idd)) & 0xFF
-                yr[p + m] = ((q * 256 + 242) // 243) & 0xFF
-            # qs[32:48]: elements o + 160 + m + 16n
-            for m in range(16):
-                q = 0
-                for k in range(5):
-                    q = (q * 3 + _trit(xr[o + 160 + m + k * 16], idd)) & 0xFF
-                yr[p + 32 + m] = ((q * 256 + 242) // 243) & 0xFF
-            # qh[4]: elements o + 240 + j + 4m, m = 0..3, first trit most significant
-            for j in range(4):
-                q = 0
-                for m in range(4):
-                    q = (q * 3 + _trit(xr[o + 240 + j + m * 4], idd)) & 0xFF
-                q = (q * 3) & 0xFF
-                yr[p + 48 + j] = ((q * 256 + 242) // 243) & 0xFF
-            put_u16(yr, p + 52, f32_to_f16_bits(d))
-
-
-@njit(**KERNEL, parallel=True)
-def _tq2_rows(x, out):
-    rows, n = x.shape
-    nb = n // QK_K
-    for r in prange(rows):
-        xr = x[r]
-        yr = out[r]
-        for ib in range(nb):
-            o = ib * QK_K
-            p = ib * TQ2_SIZE
-            d, idd = _scale(xr, o)
-            for j in range(2):
-                for m in range(32):
-                    q = 0
-                    for k in range(4):
-                        q += (_trit(xr[o + 128 * j + m + k * 32], idd) & 3) << (2 * k)
-                    yr[p + 32 * j + m] = q & 0xFF
-            put_u16(yr, p + 64, f32_to_f16_bits(d))
+def _rows(x, out, tq2, bad):
+    """TQ1_0 (or ``tq2``: TQ2_0) of every row, a vector loop per row (:mod:`engine.quant._simd_rows`);
+    ``bad[r]``: how many blocks of row r hold a NaN or an infinity."""
+    for r in prange(x.shape[0]):
+        bad[r] = tq2_0_row(x[r], out[r]) if tq2 else tq1_0_row(x[r], out[r])
 
 
 @njit(**KERNEL)
@@ -191,16 +131,16 @@ def _dequant(b, y, tq2, n):
 # ============================================================================ wrappers
 
 
-def _quantize_tq1(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * TQ1_SIZE), dtype=np.uint8)
-    _tq1_rows(x, out)
-    return out
+def _quantizer(name: str, size: int, tq2: bool):
+    def quantize(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        out = np.empty((x.shape[0], x.shape[1] // QK_K * size), dtype=np.uint8)
+        bad = np.empty(x.shape[0], dtype=np.int64)
+        _rows(x, out, tq2, bad)
+        if bad.any():
+            raise nonfinite_error(x, name)
+        return out
 
-
-def _quantize_tq2(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * TQ2_SIZE), dtype=np.uint8)
-    _tq2_rows(x, out)
-    return out
+    return quantize
 
 
 def _dequantize(blocks: np.ndarray, tq2: bool) -> np.ndarray:
@@ -211,8 +151,24 @@ def _dequantize(blocks: np.ndarray, tq2: bool) -> np.ndarray:
 
 
 FORMATS: dict[str, QuantFormat] = {
-    "TQ1_0": QuantFormat("TQ1_0", 34, QK_K, TQ1_SIZE, lambda b: _dequantize(b, False), _quantize_tq1),
-    "TQ2_0": QuantFormat("TQ2_0", 35, QK_K, TQ2_SIZE, lambda b: _dequantize(b, True), _quantize_tq2),
+    "TQ1_0": QuantFormat(
+        "TQ1_0",
+        34,
+        QK_K,
+        TQ1_SIZE,
+        lambda b: _dequantize(b, False),
+        _quantizer("TQ1_0", TQ1_SIZE, False),
+        checks_finite=True,
+    ),
+    "TQ2_0": QuantFormat(
+        "TQ2_0",
+        35,
+        QK_K,
+        TQ2_SIZE,
+        lambda b: _dequantize(b, True),
+        _quantizer("TQ2_0", TQ2_SIZE, True),
+        checks_finite=True,
+    ),
 }
 
 
