@@ -133,3 +133,4 @@ def test_bench_records_the_gpu_status(real_mode, default_model, monkeypatch, cap
     assert data["n_gpu_layers"] == "all" and data["kvant"]["decode_tok_s"] > 0
     assert data["gpu"]["n_gpu_layers"] == 0 and data["gpu"]["reason"] == "no NVIDIA GPU"
     assert data["gpu"]["message"] == "GPU offload unavailable: no NVIDIA GPU; running on the CPU"
+    assert data["gpu_launch_modes"] is None  # no GPU layer decoded

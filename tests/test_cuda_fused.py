@@ -150,7 +150,7 @@ def test_gemma_qk_rope_kv_equals_norm_rope_and_cache_write(launch):
         q_out = cuda.device_array((1, nh, hd), np.float32)
         kc, vc = (cuda.to_device(np.zeros((slots, nkv, hd), np.uint16)) for _ in range(2))
         sp = cuda.to_device(np.full(slots, -1, np.int64))
-        qpos = cuda.device_array(1, np.int64)
+        qpos = cuda.to_device(np.array([pos], np.int64))  # the token's position, read on the device
         ts = D._theta_scale(np.float32(base), hd)
         FK.gemma_qk_rope_kv[3, launch.row_threads](
             qkv,
@@ -160,7 +160,6 @@ def test_gemma_qk_rope_kv_equals_norm_rope_and_cache_write(launch):
             cuda.to_device(qn),
             cuda.to_device(kn),
             eps,
-            pos,
             ts,
             np.float64(fscale),
             np.float32(qscale),
@@ -173,7 +172,7 @@ def test_gemma_qk_rope_kv_equals_norm_rope_and_cache_write(launch):
         )
         for g, wv, what in zip(_host([q_out, kc, vc, sp]), want, ["q", "k", "v", "slots"], strict=True):
             np.testing.assert_array_equal(g, wv, err_msg=f"{what} round {round_f16}")
-        assert qpos.copy_to_host()[0] == pos and want[3][1] == pos
+        assert want[3][1] == pos
 
 
 @pytest.mark.parametrize(
@@ -220,7 +219,7 @@ def test_ext_qk_rope_kv_equals_bias_norm_rope_scale_and_cache_write(launch, n_ro
         q_out = cuda.device_array((1, nh, hd), np.float32)
         kc, vc = (cuda.to_device(np.zeros((slots, nkv, hd), np.uint16)) for _ in range(2))
         sp = cuda.to_device(np.full(slots, -1, np.int64))
-        qpos = cuda.device_array(1, np.int64)
+        qpos = cuda.to_device(np.array([pos], np.int64))
         norms = (cuda.to_device(qn), cuda.to_device(kn)) if norm else (none, none)
         ts = D._theta_scale(np.float32(base), n_rot)
         FK.ext_qk_rope_kv[3, launch.row_threads](
@@ -231,7 +230,6 @@ def test_ext_qk_rope_kv_equals_bias_norm_rope_scale_and_cache_write(launch, n_ro
             db if bias else none,
             *norms,
             eps,
-            pos,
             n_rot,
             ts,
             np.float32(fscale),
@@ -248,7 +246,46 @@ def test_ext_qk_rope_kv_equals_bias_norm_rope_scale_and_cache_write(launch, n_ro
         )
         for g, wv, what in zip(_host([q_out, kc, vc, sp]), want, ["q", "k", "v", "slots"], strict=True):
             np.testing.assert_array_equal(g, wv, err_msg=f"{what} scale first {scale_first}")
-        assert qpos.copy_to_host()[0] == pos
+        assert want[3][pos % slots] == pos
+
+
+@pytest.mark.parametrize("pos", [2, 9])
+def test_attention_reads_the_filled_slots_from_the_token_position(launch, pos):
+    """ns = -1 (what the one-token programs pass, so that a CUDA graph serves every token): the
+    kernels take min(slots, qpos[0] + 1) slots, the count the host passed before."""
+    from numba import cuda
+
+    from engine.runtime.cuda import device as D
+    from engine.runtime.cuda import fused_kernels as FK
+    from engine.runtime.cuda import kernels as K
+
+    nh, nkv, hd, slots = 2, 1, 32, 6
+    rng = np.random.default_rng(pos)
+    q = cuda.to_device(_rng_rows(3, (1, nh, hd)))
+    kc, vc = (
+        cuda.to_device(rng.standard_normal((slots, nkv, hd)).astype(np.float16).view(np.uint16)) for _ in "kv"
+    )
+    # ring of 6 at position `pos`: slots past pos hold -1 (unfilled) or positions of the ring's past
+    sp_host = np.array([p if p <= pos else -1 for p in range(slots)], np.int64)
+    if pos >= slots:
+        sp_host = np.array([pos - ((pos - s) % slots) for s in range(slots)], np.int64)
+    sp, qpos = cuda.to_device(sp_host), cuda.to_device(np.array([pos], np.int64))
+    outs = []
+    for ns in (min(slots, pos + 1), -1):
+        for kernel in (K.attention, FK.attention_quant):
+            out = cuda.device_array((1, nh, hd), np.float32)
+            scores = cuda.to_device(np.full((nh, slots), np.nan, np.float32))
+            args = (q, kc, vc, sp, ns, qpos, 0, True, scores, out)
+            if kernel is K.attention:
+                kernel[nh, launch.row_threads](*args)
+            else:
+                flat = out.reshape(1, nh * hd)
+                act = D.act_buffers(cuda.device_array, "Q8_0", 1, nh * hd, flat)
+                kernel[nh, launch.row_threads](*args, flat, *_codes_args("Q8_0", act))
+            outs.append(out.copy_to_host())
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    assert np.abs(outs[0]).max() > 0
 
 
 @pytest.mark.parametrize(("act_type", "hd"), [("Q8_0", 64), ("Q8_1", 32), ("Q8_K", 256)])

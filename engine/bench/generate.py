@@ -52,6 +52,8 @@ class GenerateBench:
     llamacpp_version: str | None
     n_gpu_layers: int | str = 0  # as requested
     gpu: dict[str, Any] | None = None  # engine.runtime.cuda.OffloadInfo.to_dict(): what ran where, or why not
+    # per GPU device of the decode: "CUDA graphs" or "kernel by kernel (why)", as the run ended
+    gpu_launch_modes: list[str] | None = None
 
     def ratios(self) -> dict[str, float] | None:
         if self.llamacpp is None:
@@ -129,6 +131,8 @@ def bench_generate(
             logits = net.forward(np.array([nxt], np.int32), pos, last_only=True)
             nxt = int(np.argmax(logits[-1]))
         t_decode = time.perf_counter() - t0
+        gpu = getattr(net, "gpu", None)
+        modes = None if gpu is None else [g.launch_mode for g in gpu.decode]
         ours = EngineSpeed(
             load_s, warmup_s, len(ids) / t_prefill, n_gen / t_decode, ttft, _peak_rss_mb(), runtime_init_s
         )
@@ -156,6 +160,7 @@ def bench_generate(
         version,
         n_gpu_layers,
         None if offload is None else offload.to_dict(),
+        modes,
     )
 
 

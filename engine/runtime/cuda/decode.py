@@ -9,8 +9,9 @@ on weight types).  The layer graphs that fill a :class:`Program` live in :mod:`.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from engine.runtime.cuda import device as D
 from engine.runtime.cuda import fused_kernels as FK
 from engine.runtime.cuda import kernels as K
+from engine.runtime.cuda.graphs import TokenGraphs, token_graphs
 
 
 def bind(arena: D.DeviceArena, kernel, grid, block) -> Callable[..., None]:
@@ -35,18 +37,16 @@ def _configured(kernel, grid, block, *args) -> None:
 
 
 class Program:
-    """Launches and their arguments, run in order.  Arguments that depend on the token's position
-    are a function of it (``at``)."""
+    """Launches and their arguments, run in order.  Every argument is fixed when the program is
+    built (the token's position is read from device memory by the kernels that need it), so the
+    same launches can be captured once into a CUDA graph and replayed for every token."""
 
     def __init__(self, arena: D.DeviceArena) -> None:
         self.arena = arena
-        self.ops: list[tuple[Callable[..., None], Any, bool]] = []
+        self.ops: list[tuple[Callable[..., None], Any, Any, Any, tuple[Any, ...]]] = []
 
     def add(self, kernel, grid, block, args: tuple[Any, ...]) -> None:
-        self.ops.append((bind(self.arena, kernel, grid, block), tuple(args), False))
-
-    def add_at(self, kernel, grid, block, args_at: Callable[[int], tuple[Any, ...]]) -> None:
-        self.ops.append((bind(self.arena, kernel, grid, block), args_at, True))
+        self.ops.append((bind(self.arena, kernel, grid, block), kernel, grid, block, tuple(args)))
 
     def add_call(self, call) -> None:
         """A (kernel, grid, block, args) of :func:`device.matmul_call` / ``quantize_call``."""
@@ -54,9 +54,15 @@ class Program:
             kernel, grid, block, args = call
             self.add(kernel, grid, block, args)
 
-    def run(self, pos: int) -> None:
-        for fn, args, at in self.ops:
-            fn(*(args(pos) if at else args))
+    def run(self, stream: Any = None) -> None:
+        """Launch every op: on the default stream with the launchers configured once, or on
+        ``stream`` (a numba stream, or the graph builder a capture records into)."""
+        if stream is None:
+            for fn, _, _, _, args in self.ops:
+                fn(*args)
+        else:
+            for _, kernel, grid, block, args in self.ops:
+                kernel[grid, block, stream](*args)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -149,40 +155,16 @@ def add_attention(
     then the quantizations it does not fuse."""
     lc = prog.arena.launch
     kc, vc, sp, qpos = cache
-    slots = kc.shape[0]
     nh, hd = q.shape[1], q.shape[2]
     out = codes.row.reshape(q.shape)
     t = Codes.fused_type(act_types)
     fuse = t is not None and hd % (256 if t == "Q8_K" else 32) == 0
     grid = D._blocks(nh, 1, lc)
+    args = (q, kc, vc, sp, -1, qpos, window, round_f16, scores, out)  # -1: the slots filled at qpos
     if fuse:
-        kind = codes.fused(act_types)
-        prog.add_at(
-            FK.attention_quant,
-            grid,
-            lc.row_threads,
-            lambda pos: (
-                q,
-                kc,
-                vc,
-                sp,
-                min(slots, pos + 1),
-                qpos,
-                window,
-                round_f16,
-                scores,
-                out,
-                codes.row,
-                *kind,
-            ),
-        )
+        prog.add(FK.attention_quant, grid, lc.row_threads, (*args, codes.row, *codes.fused(act_types)))
     else:
-        prog.add_at(
-            K.attention,
-            grid,
-            lc.row_threads,
-            lambda pos: (q, kc, vc, sp, min(slots, pos + 1), qpos, window, round_f16, scores, out),
-        )
+        prog.add(K.attention, grid, lc.row_threads, args)
     codes.add_rest(prog, act_types, fused=fuse)
 
 
@@ -210,28 +192,59 @@ def groups(layers: list[Any]) -> list[tuple[D.DeviceArena, list[Any]]]:
 @dataclass(eq=False)
 class Group:
     """The one-token programs of the layers on one device: ``body`` runs them from the hidden
-    state in ``x``; then ``to_hidden`` finishes the residual stream in ``x`` (for the next device
-    or the CPU), or ``to_logits`` (on the device of the output layer) fills ``logits``."""
+    state in ``x`` at the position in ``qpos`` (device memory); then ``to_hidden`` finishes the
+    residual stream in ``x`` (for the next device or the CPU), or ``to_logits`` (on the device of
+    the output layer) fills ``logits``.  On a GPU the two sequences run as CUDA graphs
+    (:mod:`.graphs`), else kernel by kernel; ``launch_mode`` says which, and why."""
 
     arena: D.DeviceArena
     x: Any
+    qpos: Any
     body: Program
     to_hidden: Program
     to_logits: Program | None
     logits: Any
+    graphs: TokenGraphs | None = field(default=None, init=False)
+    why_no_graphs: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        with self.arena.on():
+            self.graphs, self.why_no_graphs = token_graphs(self.arena.simulator)
+
+    @property
+    def launch_mode(self) -> str:
+        return "CUDA graphs" if self.graphs is not None else f"kernel by kernel ({self.why_no_graphs})"
 
     def run(self, x: np.ndarray, pos: int, want_logits: bool) -> tuple[np.ndarray, bool]:
+        here = want_logits and self.to_logits is not None
+        tail = self.to_logits if here else self.to_hidden
+        result = self.logits if here else self.x
+        hx = np.ascontiguousarray(x, np.float32).reshape(self.x.shape)
+        hp = np.array([pos], np.int64)
         with self.arena.on():
-            self.x.copy_to_device(np.ascontiguousarray(x, np.float32).reshape(self.x.shape))
-            self.body.run(pos)
-            if want_logits and self.to_logits is not None:
-                self.to_logits.run(pos)
-                return self.logits.copy_to_host(), True
-            self.to_hidden.run(pos)
-            return self.x.copy_to_host(), False
+            g = self.graphs
+            if g is not None and g.warm(here):
+                try:
+                    self.x.copy_to_device(hx, stream=g.stream)
+                    self.qpos.copy_to_device(hp, stream=g.stream)
+                    g.launch(here, (self.body, tail))
+                    out = result.copy_to_host(stream=g.stream)
+                    g.stream.synchronize()
+                    return out, here
+                except Exception as err:  # capture or replay failed: kernel by kernel from now on
+                    self.graphs = None
+                    self.why_no_graphs = f"CUDA graph failed: {type(err).__name__}: {err}"
+                    msg = f"GPU {self.arena.index}: {self.why_no_graphs}"
+                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            # (again from the inputs: the programs rewrite x, and the KV slot of pos, identically)
+            self.x.copy_to_device(hx)
+            self.qpos.copy_to_device(hp)
+            self.body.run()
+            tail.run()
+            return result.copy_to_host(), here
 
     def launches(self, want_logits: bool) -> int:
-        """Kernel launches of one token through this device's layers."""
+        """Kernel launches of one token through this device's layers (in its graph, if any)."""
         tail = self.to_logits if want_logits and self.to_logits is not None else self.to_hidden
         return len(self.body) + len(tail)
 

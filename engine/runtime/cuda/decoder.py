@@ -272,12 +272,8 @@ class DecoderGpu(GpuLayers):
             head = (qkv, off["q"], off["k"], off["v"], bias, *norms, eps)
             tail = (*rope, L.freq_factors, f32(p.rope_attn_factor), bool(p.rope_neox), f32(p.attn_scale))
             tail += (bool(self.scale_q), q, L.kc, L.vc, L.slot_pos, qpos)
-            body.add_at(
-                FK.ext_qk_rope_kv,
-                D._blocks(p.n_head + p.n_head_kv, 1, lc),
-                lc.row_threads,
-                lambda pos, head=head, tail=tail: (*head, pos, *tail),
-            )
+            heads = D._blocks(p.n_head + p.n_head_kv, 1, lc)
+            body.add(FK.ext_qk_rope_kv, heads, lc.row_threads, (*head, *tail))
             cache = (L.kc, L.vc, L.slot_pos, qpos)
             dec.add_attention(body, q, cache, 0, True, scores, ac, [L.wo.act_type])
             body.add_call(D.matmul_call(lc, L.wo, ac.acts[L.wo.act_type], a))
@@ -297,4 +293,4 @@ class DecoderGpu(GpuLayers):
             to_logits = dec.Program(arena)
             dec.add_residual(to_logits, FK.ADD, a, none, none, x, norm, eps, h, out_t)
             to_logits.add_call(D.matmul_call(lc, w_out, h.acts[w_out.act_type], logits))
-        return dec.Group(arena, x, body, to_hidden, to_logits, logits)
+        return dec.Group(arena, x, qpos, body, to_hidden, to_logits, logits)

@@ -27,7 +27,16 @@ import math
 import numpy as np
 from numba import cuda
 
-from engine.runtime.cuda.kernels import SM_F64, _gelu, attend, f16_bits, f16_round, q8_0_block, q8_k_block
+from engine.runtime.cuda.kernels import (
+    SM_F64,
+    _gelu,
+    attend,
+    f16_bits,
+    f16_round,
+    filled_slots,
+    q8_0_block,
+    q8_k_block,
+)
 from engine.runtime.cuda.qkernels import q8_1_block
 
 F32 = np.float32
@@ -153,7 +162,6 @@ def gemma_qk_rope_kv(
     q_norm,
     k_norm,
     eps,
-    pos,
     theta_scale,
     freq_scale,
     q_scale,
@@ -165,14 +173,16 @@ def gemma_qk_rope_kv(
     qpos,
 ):
     """One token of Gemma 3's attention input, from the (flat) q‖k‖v mat-mul output: per head
-    RMSNorm (q_norm / k_norm), RoPE NEOX at ``pos``; the query scaled by ``q_scale`` (and fp16
-    rounded with ``round_f16``) into qout (1, heads, d); keys and values as fp16 bits into the cache
-    slot ``pos % slots``, the slot's position into ``sp`` and ``pos`` into ``qpos[0]``.  One block
-    per query or KV head (grid-stride) -- kernels.rmsnorm_rows, rope_neox and kv_write in one."""
+    RMSNorm (q_norm / k_norm), RoPE NEOX at the token's position ``pos = qpos[0]`` (in device
+    memory, so that a captured CUDA graph replays it for any token); the query scaled by ``q_scale``
+    (and fp16 rounded with ``round_f16``) into qout (1, heads, d); keys and values as fp16 bits into
+    the cache slot ``pos % slots``, the slot's position into ``sp``.  One block per query or KV head
+    (grid-stride) -- kernels.rmsnorm_rows, rope_neox and kv_write in one."""
     nh = qout.shape[1]
     hd = qout.shape[2]
     nkv = kc.shape[1]
     half = hd // 2
+    pos = qpos[0]
     slot = pos % kc.shape[0]
     tid = cuda.threadIdx.x
     nth = cuda.blockDim.x
@@ -213,7 +223,6 @@ def gemma_qk_rope_kv(
         cuda.syncthreads()
     if cuda.blockIdx.x == 0 and tid == 0:
         sp[slot] = pos
-        qpos[0] = pos
 
 
 @cuda.jit(device=True)
@@ -237,21 +246,22 @@ def _scale_round(y, scale, scale_first):
 
 @cuda.jit(cache=True)
 def ext_qk_rope_kv(
-    qkv, q_off, k_off, v_off, bias, q_norm, k_norm, eps, pos, n_rot, theta_scale, freq_scale, freq_factors,
+    qkv, q_off, k_off, v_off, bias, q_norm, k_norm, eps, n_rot, theta_scale, freq_scale, freq_factors,
     mscale, neox, q_scale, scale_first, qout, kc, vc, sp, qpos,
 ):  # fmt: skip
     """One token of the llama family's attention input, from the (flat) q‖k‖v mat-mul output: the
     biases (``bias`` laid out like ``qkv``, when it has elements), qwen3's per-head RMSNorm (when
-    ``q_norm`` has d elements), RoPE at ``pos`` in NORM or NEOX mode with frequency factors and
-    ``mscale`` on the first ``n_rot`` dimensions; the query's scale and fp16 rounding in the
-    architecture's order into qout (1, heads, d); keys and values as fp16 bits into the cache
-    slot ``pos % slots``, the slot's position into ``sp`` and ``pos`` into ``qpos[0]``.  One block
+    ``q_norm`` has d elements), RoPE at ``pos = qpos[0]`` (device memory, as gemma_qk_rope_kv) in
+    NORM or NEOX mode with frequency factors and ``mscale`` on the first ``n_rot`` dimensions; the
+    query's scale and fp16 rounding in the architecture's order into qout (1, heads, d); keys and
+    values as fp16 bits into the cache slot ``pos % slots``, the slot's position into ``sp``.  One block
     per query or KV head -- ops_kernels.take_cols, rope_ext, scale_round and kernels.rmsnorm_rows,
     kv_write in one."""
     nh = qout.shape[1]
     hd = qout.shape[2]
     nkv = kc.shape[1]
     half = n_rot // 2
+    pos = qpos[0]
     slot = pos % kc.shape[0]
     has_bias = bias.shape[0] == qkv.shape[0]
     has_norm = q_norm.shape[0] == hd
@@ -303,7 +313,6 @@ def ext_qk_rope_kv(
         cuda.syncthreads()
     if cuda.blockIdx.x == 0 and tid == 0:
         sp[slot] = pos
-        qpos[0] = pos
 
 
 @cuda.jit(device=True)
@@ -356,8 +365,9 @@ def glu_quant(gu, g_off, u_off, gate, f, kind, q, d, s, bs):
 def attention_quant(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out, flat, kind, qc, d, s, bs):
     """kernels.attention of one token (q, out (1, H, D)), then the codes (``kind``) of each head's
     output from ``flat``, out's (1, H*D) view; D must be a multiple of the code block.  One block
-    per head (grid-stride)."""
+    per head (grid-stride).  ``ns < 0``: the slots filled at the token's position, from qpos."""
     nh = q.shape[1]
+    ns = filled_slots(ns, kc, qpos)
     per = q.shape[2] // block_elems(kind)
     tid = cuda.threadIdx.x
     smf = cuda.shared.array(SM_F64, np.float64)

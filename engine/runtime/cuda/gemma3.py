@@ -219,12 +219,8 @@ class Gemma3Gpu(GpuLayers):
             head = (qkv, off["q"], off["k"], off["v"], L.q_norm, L.k_norm, eps)
             tail = (D._theta_scale(f32(base), p.head_dim), np.float64(fscale), f32(p.attn_scale))
             tail += (bool(self.round_f16), q, L.kc, L.vc, L.slot_pos, qpos)
-            body.add_at(
-                FK.gemma_qk_rope_kv,
-                D._blocks(p.n_head + p.n_head_kv, 1, lc),
-                lc.row_threads,
-                lambda pos, head=head, tail=tail: (*head, pos, *tail),
-            )
+            heads = D._blocks(p.n_head + p.n_head_kv, 1, lc)
+            body.add(FK.gemma_qk_rope_kv, heads, lc.row_threads, (*head, *tail))
             cache = (L.kc, L.vc, L.slot_pos, qpos)
             dec.add_attention(body, q, cache, L.window, bool(self.round_f16), scores, ac, [L.wo.act_type])
             body.add_call(D.matmul_call(lc, L.wo, ac.acts[L.wo.act_type], a))
@@ -247,4 +243,4 @@ class Gemma3Gpu(GpuLayers):
             if p.final_softcap > 0:
                 grid = D._blocks(p.n_vocab, lc.elem_threads, lc)
                 to_logits.add(K.softcap, grid, lc.elem_threads, (logits, f32(p.final_softcap)))
-        return dec.Group(arena, x, body, to_hidden, to_logits, logits)
+        return dec.Group(arena, x, qpos, body, to_hidden, to_logits, logits)

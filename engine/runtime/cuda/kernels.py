@@ -666,11 +666,22 @@ def attend(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out, i, smf
     cuda.syncthreads()
 
 
+@cuda.jit(device=True, inline=True)
+def filled_slots(ns, kc, qpos):
+    """``ns``, or when it is negative the slots one token at position qpos[0] sees filled:
+    min(slots, pos + 1) (read on the device, so that a captured CUDA graph serves every token)."""
+    if ns >= 0:
+        return ns
+    return min(kc.shape[0], qpos[0] + 1)
+
+
 @cuda.jit(cache=True)
 def attention(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out):
-    """engine.runtime.kernels.attention over the first ``ns`` slots of an fp16 cache.
+    """engine.runtime.kernels.attention over the first ``ns`` slots of an fp16 cache (``ns < 0``:
+    one token, the slots filled at its position qpos[0]).
     q (n, H, D) f32 pre-scaled; scores (n*H, >= ns) f32 scratch; out (n, H, D).
     One block per (query, head) (grid-stride); threads split slots, then output dimensions."""
+    ns = filled_slots(ns, kc, qpos)
     smf = cuda.shared.array(SM_F64, np.float64)
     for i in range(cuda.blockIdx.x, q.shape[0] * q.shape[1], cuda.gridDim.x):
         attend(q, kc, vc, slot_pos, ns, qpos, window, round_f16, scores, out, i, smf)
