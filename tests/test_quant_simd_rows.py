@@ -1,7 +1,7 @@
 """The vector row quantizers (engine/quant/_simd_rows.py) at their edges.
 
-They replace C's scalar loops for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (no importance matrix), TQ1_0, TQ2_0
-and BF16, and check finiteness in the same pass.  test_quant_fixtures.py holds them to llama.cpp's
+They replace C's scalar loops for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (no importance matrix), TQ1_0, TQ2_0,
+BF16 and F16, and check finiteness in the same pass.  test_quant_fixtures.py holds them to llama.cpp's
 bytes and test_quant_families.py to the NumPy references on random inputs; here: every fp16
 rounding boundary of the scales (the vector code converts with fptrunc, C with ggml's bit trick),
 scales whose inverse overflows, signed zeros, and NaN / inf anywhere in the input.
@@ -17,7 +17,7 @@ from engine.errors import QuantError
 from engine.quant import floats, legacy, ternary
 
 VECTOR = {**legacy.FORMATS, "TQ1_0": ternary.FORMATS["TQ1_0"], "TQ2_0": ternary.FORMATS["TQ2_0"]}
-REFERENCE = {**legacy.REFERENCE, **ternary.REFERENCE, "BF16": floats.REFERENCE["BF16"]}
+REFERENCE = {**legacy.REFERENCE, **ternary.REFERENCE, **{t: floats.REFERENCE[t] for t in ("BF16", "F16")}}
 
 
 def _f16_boundaries() -> np.ndarray:
@@ -85,17 +85,26 @@ def test_vector_rows_equal_reference_on_edge_inputs(qtype):
     assert np.array_equal(VECTOR[qtype].quantize(x, None), ref)
 
 
-def test_bf16_rows_of_any_length_and_every_bit_pattern():
+@pytest.mark.parametrize("qtype", ["BF16", "F16"])
+def test_half_rows_of_any_length_and_every_bit_pattern(qtype):
     rng = np.random.default_rng(3)
     bits = rng.integers(0, 2**32, 3 * 70_001, dtype=np.uint64).astype(np.uint32)
     x = bits.view(np.float32)
     x = np.where(np.isfinite(x), x, np.float32(1.5)).astype(np.float32)
     for shape in [(1, x.size), (3, 70_001), (70_001, 3)]:  # chunks of 65536 and their scalar tails
         xs = x.reshape(shape)
-        assert np.array_equal(Q.quantize(xs, "BF16"), REFERENCE["BF16"](xs, None)), shape
+        assert np.array_equal(Q.quantize(xs, qtype), REFERENCE[qtype](xs, None)), shape
 
 
-CHECKED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0", "BF16"]
+def test_f16_equals_ggml_on_a_dense_sweep_of_the_fp16_range():
+    """Every 5th float32 from below fp16's smallest subnormal to past its overflow, both signs
+    (fptrunc against ggml's bit trick; all 2^32 patterns agree, checked once outside the tests)."""
+    u = np.arange(0x32800000, 0x47900000, 5, dtype=np.uint32)
+    x = np.concatenate([u, u | np.uint32(0x80000000)]).view(np.float32).reshape(1, -1)
+    assert np.array_equal(Q.quantize(x, "F16"), REFERENCE["F16"](x, None))
+
+
+CHECKED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0", "BF16", "F16"]
 
 
 @pytest.mark.parametrize("qtype", CHECKED)

@@ -2,7 +2,9 @@
 
 F16 is ggml's ``ggml_fp32_to_fp16_row`` (``ggml_compute_fp32_to_fp16``: round-nearest-even,
 overflow to infinity, NaN -> sign|0x7E00); BF16 is ``ggml_fp32_to_bf16_row_ref``
-(round-nearest-even on the top 16 bits, NaN forced quiet by setting bit 6, no flushing).
+(round-nearest-even on the top 16 bits, NaN forced quiet by setting bit 6, no flushing).  Both are
+converted 16 at a time (:mod:`engine.quant._simd_rows`), with the input's finiteness checked in the
+same pass.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from engine.quant._common import (
     nonfinite_error,
     np_f32_to_f16_bits,
 )
-from engine.quant._simd_rows import bf16_span
+from engine.quant._simd_rows import bf16_span, f16_span
 from engine.quant.format import QuantFormat
 
 # ============================================================================ Numba kernels
@@ -30,14 +32,6 @@ def _f16_row(x, out):
         out[j] = np.uint16(f32_to_f16_bits(x[j]))
 
 
-@njit(**KERNEL, parallel=True)
-def _f16_rows(x, out):
-    """``out`` (rows, n) uint16: the fp16 bits of ``x``.  Each row goes through a plain function of
-    its own: inside a ``prange`` body the element loop does not vectorize, in a function it does."""
-    for r in prange(x.shape[0]):
-        _f16_row(x[r], out[r])
-
-
 @njit(**KERNEL)
 def _bf16_row(u, out):
     for j in range(u.shape[0]):
@@ -47,25 +41,28 @@ def _bf16_row(u, out):
         out[j] = np.uint16(quiet if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded)
 
 
-_BF16_CHUNK = 1 << 16
+_CHUNK = 1 << 16
 
 
 @njit(**KERNEL, parallel=True)
-def _bf16_flat(u, out):
-    """``out``: the bf16 bits of the float32 bit patterns ``u`` (both flat), in chunks spread over
-    threads, 16 at a time (:func:`engine.quant._simd_rows.bf16_span`); returns how many NaN or
+def _half_flat(u, out, bf16):
+    """``out``: the bf16 (or fp16) bits of the float32 bit patterns ``u`` (both flat), in chunks
+    spread over threads, 16 at a time (:mod:`engine.quant._simd_rows`); returns how many NaN or
     infinities it met (in groups of 16)."""
     n = u.shape[0]
-    nc = (n + _BF16_CHUNK - 1) // _BF16_CHUNK
+    nc = (n + _CHUNK - 1) // _CHUNK
     bad = np.zeros(nc, dtype=np.int64)
     for c in prange(nc):
-        lo = c * _BF16_CHUNK
-        m = min(n - lo, _BF16_CHUNK)
+        lo = c * _CHUNK
+        m = min(n - lo, _CHUNK)
         v = m - m % 16
-        bad[c] = bf16_span(u, out, lo, v)
+        bad[c] = bf16_span(u, out, lo, v) if bf16 else f16_span(u, out, lo, v)
         for j in range(lo + v, lo + m):
             bad[c] += (u[j] & np.uint32(0x7FFFFFFF)) >= np.uint32(0x7F800000)
-        _bf16_row(u[lo + v : lo + m], out[lo + v : lo + m])
+        if bf16:
+            _bf16_row(u[lo + v : lo + m], out[lo + v : lo + m])
+        else:
+            _f16_row(u[lo + v : lo + m].view(np.float32), out[lo + v : lo + m])
     return bad.sum()
 
 
@@ -121,17 +118,14 @@ def _dequantize_f32(blocks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blocks).view(np.float32).reshape(-1, 1).copy()
 
 
-def _quantize_f16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    out = np.empty(x.shape, dtype=np.uint16)
-    _f16_rows(x, out)
-    return out.view(np.uint8)  # little-endian bytes, as GGUF stores them
+def _half_quantizer(name: str, bf16: bool):
+    def quantize(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        out = np.empty(x.shape, dtype=np.uint16)
+        if _half_flat(x.reshape(-1).view(np.uint32), out.reshape(-1), bf16):
+            raise nonfinite_error(x, name)
+        return out.view(np.uint8)  # little-endian bytes, as GGUF stores them
 
-
-def _quantize_bf16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    out = np.empty(x.shape, dtype=np.uint16)
-    if _bf16_flat(x.reshape(-1).view(np.uint32), out.reshape(-1)):
-        raise nonfinite_error(x, "BF16")
-    return out.view(np.uint8)
+    return quantize
 
 
 def _dequantize_half(blocks: np.ndarray, bf16: bool) -> np.ndarray:
@@ -156,8 +150,10 @@ def _dequantize_bf16(blocks: np.ndarray) -> np.ndarray:
 
 FORMATS: dict[str, QuantFormat] = {
     "F32": QuantFormat("F32", 0, 1, 4, _dequantize_f32, _quantize_f32),
-    "F16": QuantFormat("F16", 1, 1, 2, _dequantize_f16, _quantize_f16),
-    "BF16": QuantFormat("BF16", 30, 1, 2, _dequantize_bf16, _quantize_bf16, checks_finite=True),
+    "F16": QuantFormat("F16", 1, 1, 2, _dequantize_f16, _half_quantizer("F16", False), checks_finite=True),
+    "BF16": QuantFormat(
+        "BF16", 30, 1, 2, _dequantize_bf16, _half_quantizer("BF16", True), checks_finite=True
+    ),
 }
 
 
