@@ -108,6 +108,16 @@ def _best_interleaved(fns: list[Callable[[], Any]], repeat: int) -> list[tuple[f
     return best
 
 
+def _warm_memory(nbytes: int = 256 << 20, times: int = 3) -> None:
+    """Touch and free large buffers once.  A fresh process's first large allocations fault their
+    pages in far more slowly (the OS assembling huge pages: 34, 8, 8, 17 ms for 3 ms calls, measured),
+    which otherwise lands on whichever type is measured first."""
+    for _ in range(times):
+        b = np.empty(nbytes, np.uint8)
+        b.fill(0)
+        del b
+
+
 def bench_quant(
     types: list[str] | None = None,
     *,
@@ -132,6 +142,7 @@ def bench_quant(
     im = (rng.gamma(1.5, 1.0, cols) + 1e-3).astype(np.float32)
     mb = x.nbytes / 1e6
     result = QuantBench(rows, cols, threads, repeat, version)
+    _warm_memory()
     for i, t in enumerate(types):
         if cancel is not None:
             cancel.raise_if_cancelled()
