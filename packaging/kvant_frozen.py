@@ -107,13 +107,16 @@ def warm_up(paths: Any, token: Any, wait_s: float = 900.0) -> Generator[Any, Non
     """Compile (or load from the cache) the kernels the default model needs; yields Progress.
 
     Waits for the default model, which the main window assembles on first launch, then runs one
-    short prompt and two generated tokens (prefill and decode kernels). Returns the seconds taken.
+    short prompt and two generated tokens (prefill and decode kernels), then quantizes a small
+    matrix to the types the default conversion preset (Q4_K_M) writes and to Q8_0, so that the
+    first conversion does not wait for Numba (~17 s per K-quant on an idle core). Returns the
+    seconds taken.
     """
     from engine import open_model
     from engine.library import DEFAULT_MODEL_ID, Library
     from engine.progress import Progress
 
-    steps = 4
+    steps = 5
     t0 = time.monotonic()
     yield Progress("warm-up", 0, steps, "waiting for the default model")
     while True:
@@ -133,8 +136,24 @@ def warm_up(paths: Any, token: Any, wait_s: float = 900.0) -> Generator[Any, Non
                 yield Progress("warm-up", 3, steps, "compiling the generation kernels")
     finally:
         model.close()
+    yield Progress("warm-up", 4, steps, "compiling the quantizers")
+    _warm_quantizers(token)
     yield Progress("warm-up", steps, steps, "done")
     return time.monotonic() - t0
+
+
+WARM_QTYPES = ("Q4_K", "Q6_K", "Q8_0")  # Q4_K_M's two types, and the usual 8-bit one
+
+
+def _warm_quantizers(token: Any) -> None:
+    import numpy as np
+
+    from engine.quant import dequantize, quantize
+
+    x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    for qtype in WARM_QTYPES:
+        token.raise_if_cancelled()
+        dequantize(quantize(x, qtype), qtype, x.shape)
 
 
 # --- the GUI, with the desktop's file-open requests and the warm-up -----------------------------
