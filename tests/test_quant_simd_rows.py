@@ -125,3 +125,98 @@ def test_non_finite_with_imatrix_is_an_error(qtype):
     x[1, 40] = np.nan
     with pytest.raises(QuantError, match=r"non-finite value \(nan\) at row 1, column 40"):
         Q.quantize(x, qtype, np.ones(64, np.float32))
+
+
+# ----------------------------------------------------------------------------- fp16 without F16C
+
+
+def _soft_half_kernels():
+    """half_bits' software path (what CPUs without F16C compile), scalar and 16 lanes, as kernels."""
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    from engine.quant._simd_rows import half_bits
+
+    @intrinsic
+    def one(typingctx, f):
+        def codegen(context, builder, sig, args):
+            return builder.zext(half_bits(builder, args[0], native=False), ir.IntType(32))
+
+        return types.uint32(types.float32), codegen
+
+    @intrinsic
+    def sixteen(typingctx, x, out, o):
+        def codegen(context, builder, sig, args):
+            xp = context.make_array(sig.args[0])(context, builder, args[0]).data
+            op = context.make_array(sig.args[1])(context, builder, args[1]).data
+            vf = ir.VectorType(ir.FloatType(), 16)
+            vh = ir.VectorType(ir.IntType(16), 16)
+            v = builder.load(builder.bitcast(builder.gep(xp, [args[2]]), vf.as_pointer()), align=4)
+            builder.store(
+                half_bits(builder, v, native=False),
+                builder.bitcast(builder.gep(op, [args[2]]), vh.as_pointer()),
+                align=2,
+            )
+            return context.get_dummy_value()
+
+        return types.void(x, out, types.int64), codegen
+
+    @njit
+    def run(x, scalar, vector):
+        for i in range(x.size):
+            scalar[i] = one(x[i])
+        for o in range(0, x.size - x.size % 16, 16):
+            sixteen(x, vector, o)
+
+    return run
+
+
+def test_fp16_without_f16c_is_ggml_bit_for_bit():
+    """Every float32 class (NaN and inf too: it is ggml's own arithmetic) through the software path."""
+    from engine.quant import _common as C
+
+    rng = np.random.default_rng(9)
+    u = np.concatenate(
+        [
+            np.arange(0x32800000, 0x47900000, 97, dtype=np.uint32),
+            rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+            np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF], np.uint32),
+        ]
+    )
+    u = np.concatenate([u, u ^ np.uint32(0x80000000)])[: (2 * u.size) // 16 * 16]
+    x = u.view(np.float32)
+    scalar, vector = np.zeros(x.size, np.uint32), np.zeros(x.size, np.uint16)
+    _soft_half_kernels()(x, scalar, vector)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = C.np_f32_to_f16_bits(x).astype(np.uint32)
+    assert np.array_equal(scalar, want)
+    assert np.array_equal(vector.astype(np.uint32), want)
+
+
+def test_fp16_to_float_without_f16c_is_exact_for_every_half():
+    """half_to_float's software path (the runtime's round_f16 on CPUs without F16C): all 65536."""
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    from engine.quant._simd_rows import half_to_float
+
+    @intrinsic
+    def h2f(typingctx, h):
+        def codegen(context, builder, sig, args):
+            return half_to_float(builder, builder.trunc(args[0], ir.IntType(16)), native=False)
+
+        return types.float32(types.uint32), codegen
+
+    @njit
+    def run(h, out):
+        for i in range(h.size):
+            out[i] = h2f(h[i])
+
+    h = np.arange(65536, dtype=np.uint32)
+    out = np.empty(h.size, np.float32)
+    run(h, out)
+    want = h.astype(np.uint16).view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32)) and np.isnan(out[nan]).all()

@@ -28,6 +28,7 @@ raises :class:`~engine.errors.QuantError` when any row has one (the bytes are th
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 
 from llvmlite import ir
@@ -58,13 +59,85 @@ def _ci(v: int) -> ir.Constant:
     return ir.Constant(_VI, [int(v)] * 16)
 
 
+def native_half(context) -> bool:
+    """Whether the compile target converts float to fp16 in hardware (F16C on x86; every ARM64).
+    Without it LLVM lowers ``fptrunc`` to half into a call of ``__truncsfhf2``, which Numba's JIT
+    cannot resolve (the process aborts), so :func:`half_bits` spells the conversion out."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    feats = getattr(context.codegen(), "_tm_features", None)
+    if feats is None:  # pragma: no cover - older Numba: ask LLVM about the host
+        import llvmlite.binding as llb
+
+        feats = llb.get_host_cpu_features().flatten()
+    return "+f16c" in feats
+
+
+def half_bits(b: ir.IRBuilder, v: ir.Value, native: bool) -> ir.Value:
+    """fp16 bits of a float or a vector of floats (i16 lanes), round-to-nearest-even: ``fptrunc``
+    where the target has the instruction, else ggml_compute_fp32_to_fp16's own bit arithmetic
+    (the same result for every finite float)."""
+    n = v.type.count if isinstance(v.type, ir.VectorType) else 0
+    i16 = ir.VectorType(_I16, n) if n else _I16
+    if native:
+        return b.bitcast(b.fptrunc(v, ir.VectorType(ir.HalfType(), n) if n else ir.HalfType()), i16)
+    it = ir.VectorType(_I32, n) if n else _I32
+    ft = v.type
+
+    def ci(k: int) -> ir.Constant:
+        return ir.Constant(it, [k] * n) if n else ir.Constant(_I32, k)
+
+    def cf(k: float) -> ir.Constant:
+        return ir.Constant(ft, [k] * n) if n else ir.Constant(_F32, k)
+
+    w = b.bitcast(v, it)
+    absf = b.bitcast(b.and_(w, ci(_ABS)), ft)
+    base = b.fmul(b.fmul(absf, cf(2.0**112)), cf(2.0**-110))
+    shl1 = b.shl(w, ci(1))
+    sign = b.and_(w, ci(-(2**31)))
+    bias = b.and_(shl1, ci(0xFF000000 - 2**32))
+    bias = b.select(b.icmp_unsigned("<", bias, ci(0x71000000)), ci(0x71000000), bias)
+    base = b.fadd(b.bitcast(b.add(b.lshr(bias, ci(1)), ci(0x07800000)), ft), base)
+    bits = b.bitcast(base, it)
+    nonsign = b.add(b.and_(b.lshr(bits, ci(13)), ci(0x7C00)), b.and_(bits, ci(0x0FFF)))
+    nan = b.icmp_unsigned(">", shl1, ci(0xFF000000 - 2**32))
+    out = b.or_(b.lshr(sign, ci(16)), b.select(nan, ci(0x7E00), nonsign))
+    return b.trunc(out, i16)
+
+
+def half_to_float(b: ir.IRBuilder, h: ir.Value, native: bool) -> ir.Value:
+    """The float (or floats) of fp16 bits ``h`` (i16 or i16 lanes), exactly: ``fpext`` where the
+    target has the instruction, else ggml_compute_fp16_to_fp32's bit arithmetic."""
+    n = h.type.count if isinstance(h.type, ir.VectorType) else 0
+    ft = ir.VectorType(_F32, n) if n else _F32
+    if native:
+        return b.fpext(b.bitcast(h, ir.VectorType(ir.HalfType(), n) if n else ir.HalfType()), ft)
+    it = ir.VectorType(_I32, n) if n else _I32
+
+    def ci(k: int) -> ir.Constant:
+        return ir.Constant(it, [k] * n) if n else ir.Constant(_I32, k)
+
+    def cf(k: float) -> ir.Constant:
+        return ir.Constant(ft, [k] * n) if n else ir.Constant(_F32, k)
+
+    w = b.shl(b.zext(h, it), ci(16))
+    sign = b.and_(w, ci(-(2**31)))
+    two_w = b.add(w, w)
+    normalized = b.fmul(b.bitcast(b.add(b.lshr(two_w, ci(4)), ci(0xE0 << 23)), ft), cf(2.0**-112))
+    denormalized = b.fsub(b.bitcast(b.or_(b.lshr(two_w, ci(17)), ci(126 << 23)), ft), cf(0.5))
+    small = b.icmp_unsigned("<", two_w, ci(1 << 27))
+    mag = b.select(small, b.bitcast(denormalized, it), b.bitcast(normalized, it))
+    return b.bitcast(b.or_(sign, mag), ft)
+
+
 class _Emit:
     """LLVM IR for one block at a time: 16-lane loads, reductions, conversions, stores."""
 
-    def __init__(self, builder: ir.IRBuilder, xp: ir.Value, op: ir.Value):
+    def __init__(self, builder: ir.IRBuilder, xp: ir.Value, op: ir.Value, native_half: bool = True):
         self.b = builder
         self.xp = xp  # float* (row input)
         self.op = op  # i8* (row output)
+        self.native_half = native_half  # the target converts to fp16 itself (see half_bits)
 
     def call(self, name: str, ret: ir.Type, args: list[ir.Value]) -> ir.Value:
         fn = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(ret, [a.type for a in args]), name)
@@ -156,7 +229,7 @@ class _Emit:
     # ---------------------------------------------------------------- scalars
     def f16(self, s: ir.Value) -> ir.Value:
         """fp16 bits (i16) of a float: IEEE round-to-nearest-even, as ggml_compute_fp32_to_fp16."""
-        return self.b.bitcast(self.b.fptrunc(s, ir.HalfType()), _I16)
+        return half_bits(self.b, s, self.native_half)
 
     def inv(self, d: ir.Value) -> ir.Value:
         """C's ``d ? 1.0f/d : 0.0f``."""
@@ -348,7 +421,7 @@ def _row_intrinsic(emit: Callable[[_Emit, ir.Value, ir.Value], ir.Value], qk: in
             xa = context.make_array(signature.args[0])(context, builder, args[0])
             oa = context.make_array(signature.args[1])(context, builder, args[1])
             nb = builder.sdiv(builder.extract_value(xa.shape, 0), ir.Constant(_I64, qk))
-            e = _Emit(builder, xa.data, oa.data)
+            e = _Emit(builder, xa.data, oa.data, native_half(context))
             count = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
             with cgutils.for_range(builder, nb) as loop:
                 i = loop.index
@@ -411,7 +484,7 @@ def _half_span(bf16: bool):
             lo_ = context.cast(builder, args[2], ta[2], types.int64)
             n_ = context.cast(builder, args[3], ta[3], types.int64)
             vh = ir.VectorType(_I16, 16)
-            e = _Emit(builder, up, op)
+            e = _Emit(builder, up, op, native_half(context))
             count = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
             sixteen = _ci(16)
             with cgutils.for_range(builder, builder.ashr(n_, ir.Constant(_I64, 4))) as loop:
@@ -425,9 +498,7 @@ def _half_span(bf16: bool):
                     quiet = builder.trunc(builder.or_(hi, _ci(64)), vh)
                     h = builder.select(builder.icmp_unsigned(">", a, _ci(_EXP)), quiet, rounded)
                 else:
-                    h = builder.bitcast(
-                        builder.fptrunc(builder.bitcast(v, _VF), ir.VectorType(ir.HalfType(), 16)), vh
-                    )
+                    h = half_bits(builder, builder.bitcast(v, _VF), e.native_half)
                 dst = builder.bitcast(builder.gep(op, [off]), vh.as_pointer())
                 builder.store(h, dst, align=2)
                 builder.store(builder.add(builder.load(count), e.bad(e.reduce_umax(a))), count)

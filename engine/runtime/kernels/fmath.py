@@ -16,6 +16,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from engine.quant._simd_rows import half_bits, half_to_float, native_half
 from engine.runtime.kernels.simd import _has_fma
 
 _F32 = ir.FloatType()
@@ -87,6 +88,7 @@ def round_f16(typingctx, x):
     ``vcvtps2ph`` where the CPU has F16C, and vectorizable in loops."""
 
     def codegen(context, builder, signature, args):
-        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+        native = native_half(context)  # else the conversions in integer arithmetic (no F16C)
+        return half_to_float(builder, half_bits(builder, args[0], native), native)
 
     return types.float32(types.float32), codegen
