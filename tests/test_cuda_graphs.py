@@ -15,20 +15,9 @@ import numpy as np
 import pytest
 
 import engine
-from tests.test_cuda_backend import cuda_test_device
-from tests.test_cuda_launches import PROMPT, q8_models  # noqa: F401  (fixture)
+from tests.test_cuda_launches import PROMPT, launch, q8_models  # noqa: F401  (fixtures: simulator only)
 
 N_CTX = 16
-
-
-@pytest.fixture(scope="module")
-def launch():
-    with cuda_test_device() as launch:
-        from engine.runtime.cuda import device as D
-
-        if launch is not D.SIM_LAUNCH:
-            pytest.skip("graph capture is emulated on the CUDA simulator")
-        yield launch
 
 
 class _SimGraph:

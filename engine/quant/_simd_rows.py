@@ -36,6 +36,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from engine.quant._simd import _is_c
+
 _F32 = ir.FloatType()
 _I1 = ir.IntType(1)
 _I8 = ir.IntType(8)
@@ -403,17 +405,7 @@ def _row_intrinsic(emit: Callable[[_Emit, ir.Value, ir.Value], ir.Value], qk: in
 
     @intrinsic
     def row(typingctx, x, out):
-        ok = (
-            isinstance(x, types.Array)
-            and x.dtype == types.float32
-            and x.ndim == 1
-            and x.layout == "C"
-            and isinstance(out, types.Array)
-            and out.dtype == types.uint8
-            and out.ndim == 1
-            and out.layout == "C"
-        )
-        if not ok:
+        if not (_is_c(x, types.float32) and _is_c(out, types.uint8)):
             return None
         sig = types.int64(x, out)
 
@@ -461,19 +453,8 @@ def _half_span(bf16: bool):
 
     @intrinsic
     def span(typingctx, u, out, lo, n):
-        ok = (
-            isinstance(u, types.Array)
-            and u.dtype == types.uint32
-            and u.ndim == 1
-            and u.layout == "C"
-            and isinstance(out, types.Array)
-            and out.dtype == types.uint16
-            and out.ndim == 1
-            and out.layout == "C"
-            and isinstance(lo, types.Integer)
-            and isinstance(n, types.Integer)
-        )
-        if not ok:
+        ok = _is_c(u, types.uint32) and _is_c(out, types.uint16)
+        if not (ok and isinstance(lo, types.Integer) and isinstance(n, types.Integer)):
             return None
         sig = types.int64(u, out, lo, n)
 

@@ -150,25 +150,21 @@ def _dequantize(blocks: np.ndarray, tq2: bool) -> np.ndarray:
     return y
 
 
+def _format(name: str, gid: int, size: int, tq2: bool) -> QuantFormat:
+    return QuantFormat(
+        name,
+        gid,
+        QK_K,
+        size,
+        lambda b: _dequantize(b, tq2),
+        _quantizer(name, size, tq2),
+        checks_finite=True,
+    )
+
+
 FORMATS: dict[str, QuantFormat] = {
-    "TQ1_0": QuantFormat(
-        "TQ1_0",
-        34,
-        QK_K,
-        TQ1_SIZE,
-        lambda b: _dequantize(b, False),
-        _quantizer("TQ1_0", TQ1_SIZE, False),
-        checks_finite=True,
-    ),
-    "TQ2_0": QuantFormat(
-        "TQ2_0",
-        35,
-        QK_K,
-        TQ2_SIZE,
-        lambda b: _dequantize(b, True),
-        _quantizer("TQ2_0", TQ2_SIZE, True),
-        checks_finite=True,
-    ),
+    "TQ1_0": _format("TQ1_0", 34, TQ1_SIZE, False),
+    "TQ2_0": _format("TQ2_0", 35, TQ2_SIZE, True),
 }
 
 
