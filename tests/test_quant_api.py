@@ -155,10 +155,9 @@ def test_type_that_needs_an_imatrix(monkeypatch):
 
 
 def test_dequantize_only_type_refuses_to_quantize():
-    if Q.format_of("IQ3_S").quantize is not None:
-        pytest.skip("IQ3_S quantization implemented")
-    with pytest.raises(QuantError, match="Quantizing to IQ3_S is not supported yet"):
-        Q.quantize(_x(), "IQ3_S", np.ones(256, np.float32))
+    assert Q.format_of("NVFP4").quantize is None
+    with pytest.raises(QuantError, match="Quantizing to NVFP4 is not supported yet"):
+        Q.quantize(_x(), "NVFP4")
 
 
 def test_quantize_accepts_non_contiguous_and_readonly_input():
@@ -231,14 +230,17 @@ def test_dequantize_random_bytes_matches_gguf(qtype):
     assert _same_floats(ours, theirs.reshape(shape)), qtype
 
 
-@pytest.mark.parametrize("qtype", MINE)
+@pytest.mark.parametrize("qtype", [*MINE, "NVFP4"])
 def test_dequantize_every_half_scale_matches_gguf(qtype):
-    """All 65536 fp16 bit patterns as the scale (types with an fp16 d at a fixed place)."""
+    """All 65536 fp16 bit patterns as the scale (types with an fp16 d at a fixed place; every
+    E8M0 / UE4M3 scale byte for MXFP4 / NVFP4, which gguf-py holds equal to llama.cpp)."""
     fmt = Q.format_of(qtype)
-    if qtype in ("MXFP4", "F32"):
+    if qtype in ("MXFP4", "NVFP4", "F32"):
         raw = np.random.default_rng(3).integers(0, 256, (65536, fmt.type_size), dtype=np.uint8)
         if qtype == "MXFP4":
             raw[:256, 0] = np.arange(256)  # every E8M0 exponent
+        if qtype == "NVFP4":
+            raw[:256, :4] = np.arange(256)[:, None]  # every UE4M3 scale byte, in each of the 4 groups
     else:
         raw = np.random.default_rng(3).integers(0, 256, (65536, fmt.type_size), dtype=np.uint8)
         pos = {"TQ1_0": 52, "TQ2_0": 64}.get(qtype, 0)

@@ -11,14 +11,12 @@ Public API:
 Every problem with the arguments raises :class:`engine.errors.QuantError`.
 
 The type table merges the ``FORMATS`` of the family modules (see ``engine/quant/format.py``).
-Grid IQ types and NVFP4 that no family module implements yet are dequantize-only, delegated to
-``gguf.quants`` (llama.cpp's own gguf-py, bit-exact with its C dequantizers).
+Every type has its own Numba dequantizer; NVFP4 is dequantize-only (llama.cpp's quantizer for it
+is not one of the types this package writes yet).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,51 +24,19 @@ from types import MappingProxyType
 import numpy as np
 
 from engine.errors import QuantError
-from engine.quant import floats, kquants, legacy, mxfp4, nonlinear, ternary
+from engine.quant import floats, iquants, kquants, legacy, mxfp4, nonlinear, ternary
 from engine.quant._common import check_imatrix, check_rows
 from engine.quant.format import QuantFormat
 
 __all__ = ["QuantFormat", "TypeSupport", "dequantize", "format_of", "quantize", "supported"]
 
-# Dequantize-only types handled by gguf-py until a family module implements them:
-# name -> (ggml id, block size, type size, llama.cpp requires an imatrix).
-_GGUF_ONLY: dict[str, tuple[int, int, int, bool]] = {
-    "IQ2_XXS": (16, 256, 66, True),
-    "IQ2_XS": (17, 256, 74, True),
-    "IQ3_XXS": (18, 256, 98, False),
-    "IQ1_S": (19, 256, 50, True),
-    "IQ3_S": (21, 256, 110, False),
-    "IQ2_S": (22, 256, 82, False),
-    "IQ1_M": (29, 256, 56, False),
-    "NVFP4": (40, 64, 36, False),
-}
-
-
-def _gguf_dequantizer(name: str, block_size: int):
-    def dequantize(blocks: np.ndarray) -> np.ndarray:
-        import gguf
-
-        qtype = gguf.GGMLQuantizationType[name]
-        out = gguf.quants.dequantize(np.ascontiguousarray(blocks), qtype)
-        return np.asarray(out, dtype=np.float32).reshape(-1, block_size)
-
-    return dequantize
-
 
 def _family_modules() -> list:
-    mods = [floats, legacy, kquants, nonlinear, ternary, mxfp4]
-    # The grid IQ family lands later; import it plainly (errors propagate) once it exists.
-    if importlib.util.find_spec("engine.quant.iquants") is not None:
-        mods.append(importlib.import_module("engine.quant.iquants"))
-    return mods
+    return [floats, legacy, kquants, nonlinear, ternary, mxfp4, iquants]
 
 
 def _build_table() -> Mapping[str, QuantFormat]:
     table: dict[str, QuantFormat] = {}
-    for name, (gid, bs, ts, needs) in _GGUF_ONLY.items():
-        table[name] = QuantFormat(
-            name, gid, bs, ts, _gguf_dequantizer(name, bs), None, needs_imatrix=needs, uses_imatrix=gid != 40
-        )
     seen: set[str] = set()
     for mod in _family_modules():
         for name, fmt in mod.FORMATS.items():

@@ -1,4 +1,5 @@
-"""MXFP4 (OCP microscaling FP4): 32 E2M1 values sharing one E8M0 exponent, 4.25 bpw.
+"""MXFP4 (OCP microscaling FP4): 32 E2M1 values sharing one E8M0 exponent, 4.25 bpw; and NVFP4
+(dequantize only): 64 E2M1 values in four groups of 16, each with an unsigned E4M3 scale, 4.5 bpw.
 
 Port of ``quantize_row_mxfp4_ref`` (llama.cpp ignores an importance matrix here):
 ``e = (uint8)(floorf(log2f(amax)) - 2 + 127)`` (0 for an all-zero block), ``d = 2^(e-128)``
@@ -96,6 +97,38 @@ def _mxfp4_dequant(blocks, kv, y):
             y[i, j + 16] = np.float32(d * np.float32(kv[b >> 4]))
 
 
+NV_QK = 64
+NV_TYPE_SIZE = 36
+
+
+def _ue4m3_half_table() -> np.ndarray:
+    """NVFP4's scale byte -> float32, halved for the doubled E2M1 table (ggml_ue4m3_to_fp32 * 0.5):
+    exponent bits 3-6 (bias 7; 0: subnormal, mantissa * 2^-9), mantissa bits 0-2, bit 7 ignored;
+    0 and 0x7F (NaN) read as 0.  Every value is exact in float32."""
+    x = np.arange(256)
+    exp = (x >> 3) & 0xF
+    man = (x & 7).astype(np.float64)
+    raw = np.where(exp == 0, man * 2.0**-9, (1.0 + man / 8.0) * 2.0 ** (exp - 7.0))
+    return np.where((x == 0) | (x == 0x7F), 0.0, raw * 0.5).astype(np.float32)
+
+
+UE4M3_HALF = _ue4m3_half_table()
+
+
+@njit(**KERNEL, parallel=True)
+def _nvfp4_dequant(blocks, scale, kv, y):
+    """Block i: bytes 0-3 the scales of elements 16s..16s+15; bytes 4+8s..11+8s their values, low
+    nibbles first (elements 16s..16s+7), then high nibbles.  d * value is exact (few bits each)."""
+    nb = blocks.shape[0]
+    for i in prange(nb):
+        for s in range(4):
+            d = scale[blocks[i, s]]
+            for j in range(8):
+                b = np.int64(blocks[i, 4 + 8 * s + j])
+                y[i, 16 * s + j] = np.float32(d * kv[b & 0x0F])
+                y[i, 16 * s + 8 + j] = np.float32(d * kv[b >> 4])
+
+
 # ============================================================================ wrappers
 
 
@@ -111,7 +144,16 @@ def _dequantize(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-FORMATS: dict[str, QuantFormat] = {"MXFP4": QuantFormat("MXFP4", 39, QK, TYPE_SIZE, _dequantize, _quantize)}
+def _dequantize_nvfp4(blocks: np.ndarray) -> np.ndarray:
+    out = dequant_output(blocks.shape[0], NV_QK)
+    _nvfp4_dequant(np.ascontiguousarray(blocks), UE4M3_HALF, KVALUES_F32, out)
+    return out
+
+
+FORMATS: dict[str, QuantFormat] = {
+    "MXFP4": QuantFormat("MXFP4", 39, QK, TYPE_SIZE, _dequantize, _quantize),
+    "NVFP4": QuantFormat("NVFP4", 40, NV_QK, NV_TYPE_SIZE, _dequantize_nvfp4),  # dequantize only
+}
 
 
 # ============================================================================ NumPy reference
@@ -135,3 +177,11 @@ def _ref(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 REFERENCE = {"MXFP4": _ref}
+
+
+def ref_dequantize_nvfp4(blocks: np.ndarray) -> np.ndarray:
+    """NumPy reference of NVFP4's dequantizer (blocks (n, 36) uint8 -> (n, 64) float32)."""
+    d = UE4M3_HALF[blocks[:, :4]][:, :, None]  # (n, 4, 1)
+    qs = blocks[:, 4:].reshape(-1, 4, 8)
+    vals = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (n, 4, 16)
+    return (d * KVALUES_F32[vals]).astype(np.float32).reshape(-1, NV_QK)
