@@ -4,11 +4,12 @@
                                                            [--cols 4096] [--repeat 10]
 
 For every type the bytes Kvant's quantizer writes for a standard-normal matrix (with an importance
-matrix where llama.cpp needs one) are dequantized alternately ``--repeat`` times by
-``engine.quant.dequantize`` and by llama.cpp's ``to_float`` (from ``ggml_get_type_traits``, one call,
-one thread, via ctypes, into a new array as Kvant returns one); the best process CPU time of each
-is kept, so a burst of load from other processes hits both sides alike.  llama.cpp's floats are
-checked bit for bit against Kvant's first.  Prints a Markdown table (M elements/s).
+matrix where llama.cpp needs one; random blocks for the dequantize-only NVFP4) are dequantized
+alternately ``--repeat`` times by ``engine.quant.dequantize`` and by llama.cpp's ``to_float`` (from
+``ggml_get_type_traits``, one call, one thread, via ctypes, into a new array as Kvant returns one);
+the best process CPU time of each is kept, so a burst of load from other processes hits both sides
+alike.  llama.cpp's floats are checked bit for bit against Kvant's first.  Prints a Markdown table
+(M elements/s).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--types", default="", help="comma-separated (default: every quantizable type but F32)")
+    ap.add_argument("--types", default="", help="comma-separated (default: every type but F32)")
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=10)
@@ -42,7 +43,7 @@ def main() -> None:
         sys.exit("llama-cpp-python is not installed")
     lib = llamacpp.load_ggml()
     support = {s.name: s for s in Q.supported()}
-    types = args.types.split(",") if args.types else [s.name for s in support.values() if s.can_quantize]
+    types = args.types.split(",") if args.types else list(support)
     types = [t for t in types if t != "F32"]  # llama.cpp's base library has no F32 to_float
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
@@ -57,7 +58,10 @@ def main() -> None:
     print("| type | Kvant 1 thr | llama.cpp 1 thr | Kvant / llama.cpp | bit-exact |")
     print("|---|---|---|---|---|")
     for t in types:
-        raw = Q.quantize(x, t, im if support[t].uses_imatrix else None)
+        if support[t].can_quantize:
+            raw = Q.quantize(x, t, im if support[t].uses_imatrix else None)
+        else:  # dequantize-only (NVFP4): random blocks
+            raw = rng.integers(0, 256, (x.size // support[t].block_size, support[t].type_size), np.uint8)
         ours = Q.dequantize(raw, t, x.shape)
         exact = np.array_equal(
             ours.view(np.uint32), llamacpp.dequantize(lib, t, raw, x.shape).view(np.uint32)
