@@ -9,7 +9,8 @@ fits) run on NVIDIA GPUs, the rest on the CPU; only activations move per token.
   :mod:`.ops_kernels` (the llama family's RoPE modes, SwiGLU, residual add, slices and biases),
   :mod:`.fused_kernels` (the one-token path's fused norms, activation codes, RoPE + KV writes,
   gating), :mod:`.device` (device memory, launches), :mod:`.decode` (the one-token programs:
-  buffers and launches set up once per model);
+  buffers and launches set up once per model), :mod:`.graphs` (those programs captured into CUDA
+  graphs, one launch per token);
 - the layers on the GPU: :mod:`.gemma3` (Gemma 3) and :mod:`.decoder` (llama, qwen2, qwen3, phi3).
 
 Importing this package does not import CUDA; :mod:`.device` and the kernels import ``numba.cuda``.
