@@ -17,8 +17,9 @@ programs one kernel at a time (:attr:`TokenGraphs.why_not` says why).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
 
@@ -39,9 +40,10 @@ class TokenGraphs:
     ``stream``: the numba stream the token's copies go to; ``core``: the same stream as a
     cuda.core ``Stream`` (graph builders and graph launches).  Tests pass stand-ins."""
 
-    def __init__(self, stream: Any, core: Any) -> None:
+    def __init__(self, stream: Any, core: Any, no_frees: Callable[[], Any] = contextlib.nullcontext) -> None:
         self.stream = stream
         self._core = core
+        self._no_frees = no_frees  # numba's defer_cleanup: no cuMemFree (a device sync) mid-capture
         self._graphs: dict[Hashable, Any] = {}
         self._warm: set[Hashable] = set()
 
@@ -54,7 +56,7 @@ class TokenGraphs:
         # prefill and the KV-cache truncation run: so a token's graph starts after them.  Capture
         # is legal on such a stream while nothing else uses the legacy stream (one thread decodes).
         s = cuda.stream()
-        return cls(s, CoreStream.from_handle(_handle(s)))
+        return cls(s, CoreStream.from_handle(_handle(s)), cuda.defer_cleanup)
 
     def warm(self, key: Hashable) -> bool:
         """Whether ``key``'s programs have run once kernel by kernel (so every kernel is compiled
@@ -74,12 +76,13 @@ class TokenGraphs:
 
     def _capture(self, programs: Sequence[_Program]) -> Any:
         gb = self._core.create_graph_builder()
-        gb.begin_building("relaxed")
-        try:
-            for p in programs:
-                p.run(gb)
-        finally:
-            gb.end_building()
+        with self._no_frees():
+            gb.begin_building("relaxed")
+            try:
+                for p in programs:
+                    p.run(gb)
+            finally:
+                gb.end_building()
         g = gb.complete()
         g.upload(self._core)
         return g
