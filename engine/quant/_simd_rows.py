@@ -28,6 +28,7 @@ raises :class:`~engine.errors.QuantError` when any row has one (the bytes are th
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Callable
 
@@ -75,6 +76,11 @@ def native_half(context) -> bool:
     return "+f16c" in feats
 
 
+def _like(ty: ir.Type, k: int | float) -> ir.Constant:
+    """The constant ``k`` of type ``ty``, a scalar or a vector (every lane ``k``)."""
+    return ir.Constant(ty, [k] * ty.count) if isinstance(ty, ir.VectorType) else ir.Constant(ty, k)
+
+
 def half_bits(b: ir.IRBuilder, v: ir.Value, native: bool) -> ir.Value:
     """fp16 bits of a float or a vector of floats (i16 lanes), round-to-nearest-even: ``fptrunc``
     where the target has the instruction, else ggml_compute_fp32_to_fp16's own bit arithmetic
@@ -85,13 +91,7 @@ def half_bits(b: ir.IRBuilder, v: ir.Value, native: bool) -> ir.Value:
         return b.bitcast(b.fptrunc(v, ir.VectorType(ir.HalfType(), n) if n else ir.HalfType()), i16)
     it = ir.VectorType(_I32, n) if n else _I32
     ft = v.type
-
-    def ci(k: int) -> ir.Constant:
-        return ir.Constant(it, [k] * n) if n else ir.Constant(_I32, k)
-
-    def cf(k: float) -> ir.Constant:
-        return ir.Constant(ft, [k] * n) if n else ir.Constant(_F32, k)
-
+    ci, cf = functools.partial(_like, it), functools.partial(_like, ft)
     w = b.bitcast(v, it)
     absf = b.bitcast(b.and_(w, ci(_ABS)), ft)
     base = b.fmul(b.fmul(absf, cf(2.0**112)), cf(2.0**-110))
@@ -115,13 +115,7 @@ def half_to_float(b: ir.IRBuilder, h: ir.Value, native: bool) -> ir.Value:
     if native:
         return b.fpext(b.bitcast(h, ir.VectorType(ir.HalfType(), n) if n else ir.HalfType()), ft)
     it = ir.VectorType(_I32, n) if n else _I32
-
-    def ci(k: int) -> ir.Constant:
-        return ir.Constant(it, [k] * n) if n else ir.Constant(_I32, k)
-
-    def cf(k: float) -> ir.Constant:
-        return ir.Constant(ft, [k] * n) if n else ir.Constant(_F32, k)
-
+    ci, cf = functools.partial(_like, it), functools.partial(_like, ft)
     w = b.shl(b.zext(h, it), ci(16))
     sign = b.and_(w, ci(-(2**31)))
     two_w = b.add(w, w)
