@@ -131,7 +131,7 @@ def test_rope_scale_and_f16_rounding_match_cpu(reduce_launch):
     np.testing.assert_allclose(got, want, rtol=2**-10)
 
 
-def test_geglu_softcap_argmax_match_cpu(reduce_launch):
+def test_geglu_softcap_match_cpu(reduce_launch):
     from numba import cuda
 
     from engine.runtime.cuda import device as D
@@ -155,9 +155,53 @@ def test_geglu_softcap_argmax_match_cpu(reduce_launch):
     c = np.float32(30.0)
     got = D.softcap(reduce_launch, cuda.to_device(logits), c).copy_to_host()
     np.testing.assert_allclose(got, np.tanh(logits / c) * c, rtol=2 * EPS32, atol=0)
-    got = D.argmax(reduce_launch, cuda.to_device(logits)).copy_to_host()
-    np.testing.assert_array_equal(got, logits.argmax(axis=1))
-    assert got[1] == 7
+
+
+def _greedy_cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    base = (30 * rng.standard_normal(75)).astype(np.float32)
+    cases = {"random": base}
+    top = base.max() + 1
+    for name, where in {"first": [0], "last": [74], "tie": [9, 10, 52], "tie-far": [61, 3]}.items():
+        x = base.copy()
+        x[where] = top  # ties: the first index wins, across threads and blocks
+        cases[name] = x
+    x = np.full(75, -np.inf, np.float32)
+    x[40] = -1e30
+    cases["-inf and one finite"] = x
+    cases["all equal"] = np.full(75, 2.5, np.float32)
+    x = base.copy()
+    x[::2] = -np.inf
+    cases["some -inf"] = x
+    # the host sampler rejects these (SamplingError), so the device must hand them back
+    for name, where, v in (("NaN", 33, np.nan), ("NaN first", 0, np.nan), ("+inf", 20, np.inf)):
+        x = base.copy()
+        x[where] = v
+        cases[name] = x
+    cases["only -inf"] = np.full(75, -np.inf, np.float32)
+    return cases
+
+
+@pytest.mark.parametrize("blocks", [1, 4])
+@pytest.mark.parametrize("case", list(_greedy_cases()))
+def test_greedy_pick_is_the_host_samplers_greedy_token(reduce_launch, blocks, case):
+    import dataclasses
+
+    from numba import cuda
+
+    from engine.runtime.cuda import device as D
+    from engine.runtime.sampling import Sampler, SamplingError, SamplingParams
+
+    logits = _greedy_cases()[case]
+    lc = dataclasses.replace(reduce_launch, max_blocks=blocks)
+    token, defer = D.greedy_pick(lc, cuda.to_device(logits[None, :])).tolist()
+    host = Sampler(SamplingParams(temperature=0.0))
+    try:
+        want = host.sample(logits)
+    except SamplingError:
+        assert defer == 1  # the host looks at the logits and raises
+    else:
+        assert (token, defer) == (want, 0)
 
 
 def test_f16_kv_cache_and_attention_with_window_match_cpu(reduce_launch):

@@ -277,10 +277,14 @@ class Gemma3:
             )
             self._dec = None
 
-    def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False, greedy: bool = False
+    ) -> np.ndarray | int:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
         KV cache (positions >= ``start_pos`` already there are replaced).  ``last_only``: logits of
-        the last token only, shape (1, n_vocab) (what generation needs after a prefill)."""
+        the last token only, shape (1, n_vocab) (what generation needs after a prefill).  ``greedy``
+        (implies ``last_only``): the greedy token id where a GPU holding the output layer picked
+        it, else the last logits (see :meth:`engine.models._common.Decoder.forward`)."""
         tokens = checked_tokens(tokens, self.n_vocab)
         with self._lock:
             check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
@@ -292,7 +296,13 @@ class Gemma3:
             self.cache.truncate(start_pos)
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
-            return in_micro_batches(self._forward_batch, tokens, start_pos, self.cache.max_batch, last_only)
+            step = self.cache.max_batch
+            return in_micro_batches(self._forward_batch, tokens, start_pos, step, last_only or greedy, greedy)
+
+    @property
+    def picks_greedy(self) -> bool:
+        """Whether ``forward(..., greedy=True)`` can return the token id: the output layer is on a GPU."""
+        return self.gpu is not None and self.gpu.output is not None
 
     def can_rewind(self, start_pos: int) -> bool:
         """Whether :meth:`forward` may restart at ``start_pos``: every sliding-window layer's ring
@@ -320,12 +330,12 @@ class Gemma3:
             x[i] = dequantize_rows(self.tok_embd, int(t), int(t) + 1)[0]
         return x * np.float32(math.sqrt(self.params.n_embd))
 
-    def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool):
+    def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, greedy: bool):
         p = self.params
         n = tokens.size
         eps = np.float32(p.eps)
         if n == 1 and self.observer is None:
-            return self._decode_token(int(tokens[0]), pos0, skip_logits)
+            return self._decode_token(int(tokens[0]), pos0, skip_logits, greedy)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         x = self.embed(tokens)
         for il, L in enumerate(self.layers):
@@ -365,7 +375,7 @@ class Gemma3:
             x = x + rmsnorm(f, L.post_ffw_norm, eps)
             del f, h
         self.cache.n_past = pos0 + n
-        return self._head(x, pos0, skip_logits, last_only)
+        return self._head(x, pos0, skip_logits, last_only, greedy)
 
     def _geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         if not self.fp16_gelu:
@@ -390,11 +400,11 @@ class Gemma3:
         kc, vc, sp = cache.view(il, end_pos)
         return attention(q, kc, vc, sp, positions, window, round_f16)
 
-    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool):
+    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, greedy: bool = False):
         """GPU layers (if any), then the output norm and logits of the residual stream ``x``."""
         p = self.params
         if self.gpu is not None:
-            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer)
+            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer, greedy)
             if done:
                 return x
         if skip_logits:
@@ -422,7 +432,7 @@ class Gemma3:
         self._dec = _Decode(self)
         return self._dec
 
-    def _decode_token(self, token: int, pos: int, skip_logits: bool):
+    def _decode_token(self, token: int, pos: int, skip_logits: bool, greedy: bool = False):
         """One token through the CPU layers with the fused kernels and preallocated buffers (same
         numbers, bit for bit, as the batched graph above)."""
         d = self._dec or self._build_decode()
@@ -472,7 +482,7 @@ class Gemma3:
             else:
                 fused.add_rms(xv, d.o_out[0], L.post_ffw_norm, eps)
         cache.n_past = pos + 1
-        return self._head(x if self.gpu is None else x.copy(), pos, skip_logits, False)
+        return self._head(x if self.gpu is None else x.copy(), pos, skip_logits, False, greedy)
 
 
 class _Decode:

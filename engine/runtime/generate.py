@@ -3,6 +3,12 @@
 Pure orchestration over three parts that are tested on their own: a network with a KV cache
 (``forward(tokens, start_pos, last_only=True)``), a tokenizer (``token_to_piece``, ``eog_ids``)
 and a :class:`~engine.runtime.sampling.Sampler`.
+
+Greedy decoding without penalties on a network whose ``picks_greedy`` is true (its output layer is
+on a GPU) asks ``forward(..., greedy=True)`` for the token id itself: the GPU takes the argmax and
+8 bytes come back instead of the logits (1 MB for a 262,144-token vocabulary, about as long as the
+H100 needs for a whole token of a small model).  Where the logits are invalid the network returns
+them instead, and the sampler raises as it always does.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ class Network(Protocol):
     def n_vocab(self) -> int: ...
 
     def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray: ...
+
+
+def _stepper(net: Network, params: SamplingParams):
+    """``step(tokens, pos)``: the network's last logits, or the greedy token id where it picks it."""
+    if params.greedy and not params.penalties_active and getattr(net, "picks_greedy", False):
+        return lambda tokens, pos: net.forward(tokens, pos, last_only=True, greedy=True)  # type: ignore[call-arg]
+    return lambda tokens, pos: net.forward(tokens, pos, last_only=True)
 
 
 class Pieces(Protocol):
@@ -131,6 +144,7 @@ def generate(
     decoder = StreamDecoder(tokenizer, skip_special=True)
     matcher = StopMatcher(stop_strings)
     history = list(prompt)
+    step = _stepper(net, params)
 
     t0 = time.perf_counter()
     todo = prompt[reuse:]
@@ -141,7 +155,7 @@ def generate(
             yield GenerationEvent("done", n_prompt=n_prompt, n_cached=reuse, finish_reason="cancelled")
             return
         chunk = todo[b : b + PREFILL_CHUNK]
-        logits = net.forward(np.asarray(chunk, np.int32), reuse + b, last_only=True)
+        logits = step(np.asarray(chunk, np.int32), reuse + b)
         cached.extend(chunk)
         done += len(chunk)
         if len(todo) > PREFILL_CHUNK:
@@ -158,7 +172,10 @@ def generate(
         if cancel is not None and cancel.cancelled:
             finish = "cancelled"
             break
-        token = sampler.sample(np.asarray(logits[-1], np.float32), history)
+        if isinstance(logits, int):
+            token = logits  # picked on the GPU (see the module docstring)
+        else:
+            token = sampler.sample(np.asarray(logits[-1], np.float32), history)
         n_gen += 1
         now = time.perf_counter()
         if ttft is None:
@@ -180,7 +197,7 @@ def generate(
         if len(cached) + 1 > net.n_ctx:
             finish = "context"
             break
-        logits = net.forward(np.asarray([token], np.int32), len(cached), last_only=True)
+        logits = step(np.asarray([token], np.int32), len(cached))
         cached.append(token)
     tail = "" if finish == "stop" else matcher.push(decoder.flush())[0] + matcher.flush()
     now = time.perf_counter()

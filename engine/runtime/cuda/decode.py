@@ -189,13 +189,18 @@ def groups(layers: list[Any]) -> list[tuple[D.DeviceArena, list[Any]]]:
     return out
 
 
+HIDDEN, LOGITS, GREEDY = 0, 1, 2  # what a token's run through a device ends with (graph keys)
+
+
 @dataclass(eq=False)
 class Group:
     """The one-token programs of the layers on one device: ``body`` runs them from the hidden
     state in ``x`` at the position in ``qpos`` (device memory); then ``to_hidden`` finishes the
     residual stream in ``x`` (for the next device or the CPU), or ``to_logits`` (on the device of
-    the output layer) fills ``logits``.  On a GPU the two sequences run as CUDA graphs
-    (:mod:`.graphs`), else kernel by kernel; ``launch_mode`` says which, and why."""
+    the output layer) fills ``logits``, after which ``pick`` can take the greedy token there
+    (:func:`device.greedy_calls`), so that 8 bytes come back instead of the logits.  On a GPU the
+    sequences run as CUDA graphs (:mod:`.graphs`), else kernel by kernel; ``launch_mode`` says
+    which, and why."""
 
     arena: D.DeviceArena
     x: Any
@@ -206,58 +211,86 @@ class Group:
     logits: Any
     graphs: TokenGraphs | None = field(default=None, init=False)
     why_no_graphs: str = field(default="", init=False)
+    pick: Program | None = field(default=None, init=False)
+    best: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         with self.arena.on():
             self.graphs, self.why_no_graphs = token_graphs(self.arena.simulator)
+            if self.to_logits is not None:
+                with self.arena.loading("the greedy pick"):
+                    bufs = D.greedy_buffers(self.arena.empty, self.arena.launch)
+                self.best = bufs[3]
+                self.pick = Program(self.arena)
+                for kernel, grid, block, args in D.greedy_calls(self.arena.launch, self.logits, bufs):
+                    self.pick.add(kernel, grid, block, args)
 
     @property
     def launch_mode(self) -> str:
         return "CUDA graphs" if self.graphs is not None else f"kernel by kernel ({self.why_no_graphs})"
 
-    def run(self, x: np.ndarray, pos: int, want_logits: bool) -> tuple[np.ndarray, bool]:
-        here = want_logits and self.to_logits is not None
-        tail = self.to_logits if here else self.to_hidden
-        result = self.logits if here else self.x
+    def _ends(self, want_logits: bool, greedy: bool) -> tuple[int, tuple[Program, ...]]:
+        if not want_logits or self.to_logits is None:
+            return HIDDEN, (self.body, self.to_hidden)
+        if greedy:
+            return GREEDY, (self.body, self.to_logits, self.pick)
+        return LOGITS, (self.body, self.to_logits)
+
+    def run(self, x: np.ndarray, pos: int, want_logits: bool, greedy: bool = False) -> tuple[Any, bool]:
+        """The token's hidden state ``x`` at ``pos`` through this device's layers: (hidden state,
+        False), or (logits, True) on the device of the output layer when ``want_logits``; with
+        ``greedy`` there, (the greedy token id, True), or the logits when the host sampler has to
+        see them (a NaN, +inf or only -inf, which it rejects)."""
+        mode, programs = self._ends(want_logits, greedy)
+        result = (self.x, self.logits, self.best)[mode]
         hx = np.ascontiguousarray(x, np.float32).reshape(self.x.shape)
         hp = np.array([pos], np.int64)
         with self.arena.on():
+            out = None
             g = self.graphs
-            if g is not None and g.warm(here):
+            if g is not None and g.warm(mode):
                 try:
                     self.x.copy_to_device(hx, stream=g.stream)
                     self.qpos.copy_to_device(hp, stream=g.stream)
-                    g.launch(here, (self.body, tail))
+                    g.launch(mode, programs)
                     out = result.copy_to_host(stream=g.stream)
                     g.stream.synchronize()
-                    return out, here
                 except Exception as err:  # capture or replay failed: kernel by kernel from now on
+                    out = None
                     self.graphs = None
                     self.why_no_graphs = f"CUDA graph failed: {type(err).__name__}: {err}"
                     msg = f"GPU {self.arena.index}: {self.why_no_graphs}"
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            # (again from the inputs: the programs rewrite x, and the KV slot of pos, identically)
-            self.x.copy_to_device(hx)
-            self.qpos.copy_to_device(hp)
-            self.body.run()
-            tail.run()
-            return result.copy_to_host(), here
+            if out is None:
+                # (again from the inputs: the programs rewrite x, and the KV slot of pos, identically)
+                self.x.copy_to_device(hx)
+                self.qpos.copy_to_device(hp)
+                for p in programs:
+                    p.run()
+                out = result.copy_to_host()
+            if mode != GREEDY:
+                return out, mode == LOGITS
+            if out[1] == 0:
+                return int(out[0]), True
+            return self.logits.copy_to_host(), True
 
-    def launches(self, want_logits: bool) -> int:
+    def launches(self, want_logits: bool, greedy: bool = False) -> int:
         """Kernel launches of one token through this device's layers (in its graph, if any)."""
-        tail = self.to_logits if want_logits and self.to_logits is not None else self.to_hidden
-        return len(self.body) + len(tail)
+        return sum(len(p) for p in self._ends(want_logits, greedy)[1])
 
 
-def launches_per_token(decode: list[Group], want_logits: bool = True) -> int:
+def launches_per_token(decode: list[Group], want_logits: bool = True, greedy: bool = False) -> int:
     """Kernel launches of one decoded token through every device of ``decode``."""
-    return sum(g.launches(want_logits) for g in decode)
+    return sum(g.launches(want_logits, greedy) for g in decode)
 
 
-def forward_one(decode: list[Group], x: np.ndarray, pos: int, want_logits: bool) -> tuple[np.ndarray, bool]:
-    """One token through the GPU layers: (logits, True) or (hidden state, False), as ``forward``."""
+def forward_one(
+    decode: list[Group], x: np.ndarray, pos: int, want_logits: bool, greedy: bool = False
+) -> tuple[Any, bool]:
+    """One token through the GPU layers: (logits, True) or (hidden state, False), as ``forward``;
+    with ``greedy``, (token id, True) where the output layer's device picked it (:meth:`Group.run`)."""
     for g in decode:
-        x, done = g.run(x, pos, want_logits)
+        x, done = g.run(x, pos, want_logits, greedy)
         if done:
             return x, True
     return x, False

@@ -374,12 +374,31 @@ def softcap(launch: Launch, x, c):
     return x
 
 
-def argmax(launch: Launch, x):
-    rows = x.shape[0]
-    out = cuda.device_array(rows, np.int64)
-    threads = 1 << max(0, (launch.row_threads - 1).bit_length() - 1) if launch.row_threads > 1 else 1
-    K.argmax_rows[_blocks(rows, 1, launch), threads](x, out)
-    return out
+GREEDY_BLOCKS = 64  # first-pass blocks of the greedy pick (each reads 1/64 of the logits)
+
+
+def greedy_buffers(empty, launch: Launch) -> tuple[Any, ...]:
+    """Scratch (partial values, indices, NaN flags) and result (token, flag) of :func:`greedy_call`."""
+    nb = min(GREEDY_BLOCKS, launch.max_blocks)
+    return empty((nb,), np.float32), empty((nb,), np.int32), empty((nb,), np.int32), empty((2,), np.int64)
+
+
+def greedy_calls(launch: Launch, x, bufs) -> list[tuple[Any, Any, Any, tuple[Any, ...]]]:
+    """The two launches of the greedy pick over the logits ``x`` (1, n) into ``bufs[3]``: (the first
+    index of the largest logit, 1 if the host must decide instead: a NaN, +inf, or only -inf)."""
+    pv, pi, pb, out = bufs
+    threads = launch.elem_threads  # a power of two (the reductions halve it)
+    blocks = min(pv.shape[0], _blocks(x.shape[1], threads, launch))
+    pv, pi, pb = pv[:blocks], pi[:blocks], pb[:blocks]
+    return [(K.argmax_partial, blocks, threads, (x, pv, pi, pb)), (K.argmax_final, 1, threads, (pv, pi, pb, out))]
+
+
+def greedy_pick(launch: Launch, x):
+    """(token, flag) of :func:`greedy_calls` for the device logits ``x`` (1, n), on the host."""
+    bufs = greedy_buffers(cuda.device_array, launch)
+    for kernel, grid, block, args in greedy_calls(launch, x, bufs):
+        kernel[grid, block](*args)
+    return bufs[3].copy_to_host()
 
 
 SCORES_MAX_FLOATS = 1 << 23  # attention scratch per launch (32 MiB); queries are chunked to fit

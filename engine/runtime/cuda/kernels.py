@@ -526,38 +526,86 @@ def softcap(x, c):
         x[r, i] = F32(F32(math.tanh(F64(F32(x[r, i] / c)))) * c)
 
 
+@cuda.jit(device=True)
+def _best_in_block(smv, smi, smb, tid, nth):
+    """Tree reduction of the block's (value, index, NaN seen) in shared memory into slot 0: the
+    larger value wins, the smaller index on a tie (so the first maximum), index -1 never wins;
+    ``nth`` is a power of two."""
+    cuda.syncthreads()
+    stride = nth // 2
+    while stride > 0:
+        if tid < stride:
+            ov = smv[tid + stride]
+            oi = smi[tid + stride]
+            mi = smi[tid]
+            if oi >= 0 and (mi < 0 or ov > smv[tid] or (ov == smv[tid] and oi < mi)):
+                smv[tid] = ov
+                smi[tid] = oi
+            smb[tid] = smb[tid] | smb[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+
+
 @cuda.jit(cache=True)
-def argmax_rows(x, out):
-    """out[r] = the first index of the largest value of row r (NumPy's argmax; NaN ignored)."""
-    rows = x.shape[0]
+def argmax_partial(x, pv, pi, pb):
+    """First pass of the greedy pick over ``x`` (1, n) f32: block b writes the largest value of
+    the elements its threads visit (a grid-stride loop), its first index, and whether a NaN was
+    among them, to ``pv[b]``, ``pi[b]`` (-1: none) and ``pb[b]``."""
     n = x.shape[1]
     tid = cuda.threadIdx.x
     nth = cuda.blockDim.x
-    smv = cuda.shared.array(SM_F64, np.float64)
-    smi = cuda.shared.array(SM_F64, np.int64)
-    for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-        best = -math.inf
-        bi = np.int64(-1)
-        for i in range(tid, n, nth):
-            v = F64(x[r, i])
-            if v > best or bi < 0:
-                best = v
-                bi = np.int64(i)
-        smv[tid] = best
-        smi[tid] = bi
-        cuda.syncthreads()
-        stride = nth // 2
-        while stride > 0:
-            if tid < stride:
-                ov = smv[tid + stride]
-                oi = smi[tid + stride]
-                if oi >= 0 and (ov > smv[tid] or (ov == smv[tid] and oi < smi[tid]) or smi[tid] < 0):
-                    smv[tid] = ov
-                    smi[tid] = oi
-            cuda.syncthreads()
-            stride //= 2
-        if tid == 0:
-            out[r] = smi[0]
+    smv = cuda.shared.array(SM_F64, np.float32)
+    smi = cuda.shared.array(SM_F64, np.int32)
+    smb = cuda.shared.array(SM_F64, np.int32)
+    best = F32(-math.inf)
+    bi = INT32(-1)
+    bad = INT32(0)
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        v = x[0, i]
+        if v != v:
+            bad = INT32(1)
+        elif bi < 0 or v > best:  # strictly larger: a thread's indices increase, so its first maximum
+            best = v
+            bi = INT32(i)
+    smv[tid] = best
+    smi[tid] = bi
+    smb[tid] = bad
+    _best_in_block(smv, smi, smb, tid, nth)
+    if tid == 0:
+        b = cuda.blockIdx.x
+        pv[b] = smv[0]
+        pi[b] = smi[0]
+        pb[b] = smb[0]
+
+
+@cuda.jit(cache=True)
+def argmax_final(pv, pi, pb, out):
+    """Second pass (one block) over the partials of :func:`argmax_partial`: ``out[0]`` = the first
+    index of the largest value (NumPy's argmax), ``out[1]`` = 1 where the host sampler must look
+    at the logits instead (it rejects them): a NaN anywhere, or a largest value of +inf, or only
+    -inf."""
+    tid = cuda.threadIdx.x
+    nth = cuda.blockDim.x
+    smv = cuda.shared.array(SM_F64, np.float32)
+    smi = cuda.shared.array(SM_F64, np.int32)
+    smb = cuda.shared.array(SM_F64, np.int32)
+    best = F32(-math.inf)
+    bi = INT32(-1)
+    bad = INT32(0)
+    for b in range(tid, pv.shape[0], nth):
+        bad = bad | pb[b]
+        i = pi[b]
+        if i >= 0 and (bi < 0 or pv[b] > best or (pv[b] == best and i < bi)):
+            best = pv[b]
+            bi = i
+    smv[tid] = best
+    smi[tid] = bi
+    smb[tid] = bad
+    _best_in_block(smv, smi, smb, tid, nth)
+    if tid == 0:
+        v = smv[0]
+        out[0] = smi[0]
+        out[1] = 1 if (smb[0] != 0 or smi[0] < 0 or v == math.inf or v == -math.inf) else 0
         cuda.syncthreads()
 
 

@@ -61,16 +61,18 @@ class GpuLayers:
         last_only: bool,
         want_logits: bool,
         see: Callable[[str, np.ndarray], None] | None,
-    ) -> tuple[np.ndarray, bool]:
+        greedy: bool = False,
+    ) -> tuple[np.ndarray | int, bool]:
         """Run the GPU layers on the hidden state ``x`` (n, n_embd) of positions ``pos0 ..``.
         Returns (logits, True) when the output layer is here and ``want_logits``, else
         (hidden state, False) for the CPU to finish.  ``last_only``: only the last row leaves the
-        last layer (as on the CPU)."""
+        last layer (as on the CPU).  ``greedy``: for one token, the device picks the greedy token
+        from the logits and returns (its id, True) (:meth:`decode.Group.run`)."""
         self.truncate(pos0)
         n = x.shape[0]
         if n == 1 and see is None:
             self.n_past = pos0 + 1
-            return dec.forward_one(self.decode, x, pos0, want_logits)
+            return dec.forward_one(self.decode, x, pos0, want_logits, greedy)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         i = 0
         while i < len(self.layers):
