@@ -505,3 +505,48 @@ def test_filters_against_llama_cpp_itself():
         ids, vals = Sampler(p)._filter(x, hist)
         assert set(ids.tolist()) == set(ref), p
         assert all(np.float32(ref[i]) == v for i, v in zip(ids.tolist(), vals.tolist(), strict=True)), p
+
+
+def test_sampling_from_the_top_k_picked_elsewhere_draws_the_same_tokens():
+    """A GPU hands the sampler the k best logits (TopLogits) instead of all of them: same tokens,
+    draw for draw, for every setting device_top_k accepts; the others are refused."""
+    from engine.runtime.sampling import TopLogits, _top_k_positions
+
+    rng = np.random.default_rng(2)
+    n = 1000
+    settings = [
+        SamplingParams(seed=1),  # llama.cpp's defaults
+        SamplingParams(seed=2, temperature=0.0),
+        SamplingParams(seed=3, temperature=1.3, top_k=64, top_p=1.0, min_p=0.0),
+        SamplingParams(seed=4, top_k=5, top_p=0.5),
+        SamplingParams(seed=5, top_k=1),
+    ]
+    for params in settings:
+        host, picked = Sampler(params), Sampler(params)
+        k = picked.device_top_k(n, 64)
+        assert k == (1 if params.greedy else params.top_k)
+        for _ in range(40):
+            logits = np.round(rng.standard_normal(n) * 3, 1).astype(np.float32)  # many ties
+            ids = _top_k_positions(logits, k)
+            top = TopLogits(ids, logits[ids], n)
+            assert picked.sample(top, [1, 2, 3]) == host.sample(logits, [1, 2, 3])
+    for params, limit in (
+        (SamplingParams(top_k=0), 64),
+        (SamplingParams(top_k=65), 64),
+        (SamplingParams(top_k=n), 2 * n),
+        (SamplingParams(repeat_penalty=1.1), 64),
+        (SamplingParams(top_k=40), 0),
+    ):
+        assert Sampler(params).device_top_k(n, limit) == 0
+    logits = np.arange(n, dtype=np.float32)
+    ids = _top_k_positions(logits, 3)
+    with pytest.raises(SamplingError, match="not what this sampler needs"):
+        Sampler(SamplingParams()).sample(TopLogits(ids, logits[ids], n))  # top-k is 40, not 3
+
+
+def test_top_k_orders_ties_by_id():
+    from engine.runtime.sampling import _top_k_positions
+
+    vals = np.array([1, 5, 3, 5, 5, 0, 5, 3], np.float32)
+    np.testing.assert_array_equal(_top_k_positions(vals, 3), [1, 3, 4])
+    np.testing.assert_array_equal(_top_k_positions(vals, 6), [1, 3, 4, 6, 2, 7])

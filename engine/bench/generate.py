@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.bench import llamacpp
 from engine.progress import CancelToken, Progress
+from engine.runtime.sampling import TopLogits
 
 # Public domain (US Declaration of Independence, 1776); repeated to the prompt length.
 TEXT = (
@@ -54,7 +55,9 @@ class GenerateBench:
     gpu: dict[str, Any] | None = None  # engine.runtime.cuda.OffloadInfo.to_dict(): what ran where, or why not
     # per GPU device of the decode: "CUDA graphs" or "kernel by kernel (why)", as the run ended
     gpu_launch_modes: list[str] | None = None
-    greedy_on_gpu: bool = False  # each decoded token was picked on the GPU (only its id came back)
+    greedy_on_gpu: bool = (
+        False  # each decoded token was picked on the GPU (its id, not the logits, came back)
+    )
 
     def ratios(self) -> dict[str, float] | None:
         if self.llamacpp is None:
@@ -118,7 +121,7 @@ def bench_generate(
         # two decoded tokens: the first runs the GPU programs kernel by kernel, the second captures
         # their CUDA graphs (which the timed tokens replay)
         for pos in (8, 9):
-            net.forward(ids[pos : pos + 1], pos, greedy=True)
+            net.forward(ids[pos : pos + 1], pos, top_k=1)
         warmup_s = time.perf_counter() - t0
         model.reset()
         if cancel is not None:
@@ -133,9 +136,9 @@ def bench_generate(
         picked = 0
         t0 = time.perf_counter()
         for pos in range(len(ids), len(ids) + n_gen):
-            out = net.forward(np.array([nxt], np.int32), pos, greedy=True)
-            if isinstance(out, int):  # picked on the GPU holding the output layer
-                nxt = out
+            out = net.forward(np.array([nxt], np.int32), pos, top_k=1)
+            if isinstance(out, TopLogits):  # picked on the GPU holding the output layer
+                nxt = int(out.ids[0])
                 picked += 1
             else:
                 nxt = int(np.argmax(out[-1]))

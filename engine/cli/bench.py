@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         f"prompt {res.n_prompt}, decode {res.n_gen}",
         *([res.gpu["message"]] if res.gpu and res.n_gpu_layers not in (0, None) else []),
         *([f"GPU decode launches: {', '.join(res.gpu_launch_modes)}"] if res.gpu_launch_modes else []),
-        *(["greedy token picked on the GPU (its id, not the logits, comes back)"] if res.greedy_on_gpu else []),
+        *(["greedy tokens picked on the GPU (ids, not logits, come back)"] if res.greedy_on_gpu else []),
         "",
         "| engine | runtime init s | load s | warm-up s | prefill tok/s | decode tok/s | first token s "
         "| peak RSS MB |",

@@ -54,6 +54,7 @@ from engine.runtime.kernels.ops import rope, swiglu
 from engine.runtime.kernels.qgemm import qgemm
 from engine.runtime.kernels.qmatmul import widen_q5_0
 from engine.runtime.kv_cache import KVCache
+from engine.runtime.sampling import TopLogits
 
 MAX_BATCH = 512  # tokens per internal micro-batch
 
@@ -92,17 +93,19 @@ def check_span(start_pos: int, n: int, n_past: int, n_ctx: int) -> None:
 
 
 def in_micro_batches(
-    forward_batch, tokens: np.ndarray, start_pos: int, step: int, last_only: bool, greedy: bool = False
-) -> np.ndarray | int:
-    """Run ``forward_batch(chunk, pos0, skip_logits, last_only, greedy)`` over chunks of ``step`` tokens
-    and join the logits (with ``last_only``, only the final chunk's last row; with ``greedy``, what
-    the final chunk returns: its greedy token id where a GPU picked it, else its last logits)."""
+    forward_batch, tokens: np.ndarray, start_pos: int, step: int, last_only: bool, top_k: int = 0
+) -> np.ndarray | TopLogits:
+    """Run ``forward_batch(chunk, pos0, skip_logits, last_only, top_k)`` over chunks of ``step`` tokens
+    and join the logits (with ``last_only``, only the final chunk's last row; with ``top_k``, what
+    the final chunk returns: its TopLogits where a GPU picked them, else its last logits)."""
     outs = []
     n = tokens.size
     for b0 in range(0, n, step):
         last = b0 + step >= n
         chunk = tokens[b0 : b0 + step]
-        outs.append(forward_batch(chunk, start_pos + b0, last_only and not last, last_only, greedy and last))
+        outs.append(
+            forward_batch(chunk, start_pos + b0, last_only and not last, last_only, top_k if last else 0)
+        )
     logits = [o for o in outs if o is not None]
     return logits[0] if len(logits) == 1 else np.concatenate(logits)
 
@@ -502,14 +505,15 @@ class Decoder:
             self._dec = None
 
     def forward(
-        self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False, greedy: bool = False
-    ) -> np.ndarray | int:
+        self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False, top_k: int = 0
+    ) -> np.ndarray | TopLogits:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
         KV cache (positions >= ``start_pos`` already there are replaced).  ``last_only``: logits of
-        the last token only, shape (1, n_vocab).  ``greedy`` (implies ``last_only``): where the
-        output layer is on a GPU, the greedy token id (the first largest logit) picked there, an
-        int, so that the logits stay on the device; else, or when the logits hold a NaN, +inf or
-        only -inf (for the sampler to reject), the last logits as with ``last_only``."""
+        the last token only, shape (1, n_vocab).  ``top_k`` (1 .. :attr:`top_k_limit`; implies
+        ``last_only``): where the output layer is on a GPU, the ``top_k`` best logits of the last
+        token and their ids (:class:`~engine.runtime.sampling.TopLogits`), picked there so that the
+        logits stay on the device; else, or when the logits hold a NaN, +inf or only -inf (for the
+        sampler to reject), the last logits as with ``last_only``."""
         tokens = checked_tokens(tokens, self.n_vocab)
         with self._lock:
             check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
@@ -522,12 +526,19 @@ class Decoder:
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
             step = self.cache.max_batch
-            return in_micro_batches(self._forward_batch, tokens, start_pos, step, last_only or greedy, greedy)
+            return in_micro_batches(
+                self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
+            )
 
     @property
-    def picks_greedy(self) -> bool:
-        """Whether ``forward(..., greedy=True)`` can return the token id: the output layer is on a GPU."""
-        return self.gpu is not None and self.gpu.output is not None
+    def top_k_limit(self) -> int:
+        """The largest ``top_k`` that :meth:`forward` picks where the logits are: 0 unless the output
+        layer is on a GPU."""
+        if self.gpu is None or self.gpu.output is None:
+            return 0
+        from engine.runtime.cuda.device import TOP_MAX
+
+        return TOP_MAX
 
     def can_rewind(self, start_pos: int) -> bool:
         """Whether :meth:`forward` may restart at ``start_pos`` (see ``KVCache.can_rewind``)."""
@@ -576,12 +587,12 @@ class Decoder:
         v = np.ascontiguousarray(v).reshape(n, p.n_head_kv, p.head_dim)
         return q, k, v
 
-    def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, greedy: bool):
+    def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, top_k: int):
         p = self.params
         n = tokens.size
         eps = np.float32(p.eps)
         if n == 1 and self.observer is None:
-            return self._decode_token(int(tokens[0]), pos0, skip_logits, greedy)
+            return self._decode_token(int(tokens[0]), pos0, skip_logits, top_k)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         scale = np.float32(p.attn_scale)
         ff, neox = self.freq_factors, p.rope_neox
@@ -627,12 +638,12 @@ class Decoder:
             self._see(tensor_name(MT.FFN_DOWN, il), f)
             x = _mm(L.w_down, f) + x
         self.cache.n_past = pos0 + n
-        return self._head(x, pos0, skip_logits, last_only, greedy)
+        return self._head(x, pos0, skip_logits, last_only, top_k)
 
-    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, greedy: bool = False):
+    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, top_k: int = 0):
         """GPU layers (if any), then the output norm and logits of the residual stream ``x``."""
         if self.gpu is not None:
-            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer, greedy)
+            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer, top_k)
             if done:
                 return x
         if skip_logits:
@@ -647,7 +658,7 @@ class Decoder:
 
     # ------------------------------------------------------------------ single-token decode
 
-    def _decode_token(self, token: int, pos: int, skip_logits: bool, greedy: bool = False):
+    def _decode_token(self, token: int, pos: int, skip_logits: bool, top_k: int = 0):
         """One token with the fused kernels and preallocated buffers: the same numbers, bit for
         bit, as :meth:`_forward_batch`'s graph."""
         d = self._dec
@@ -694,7 +705,7 @@ class Decoder:
                 np.add(d.o_out[0], xv, out=xv)
         cache.n_past = pos + 1
         if self.gpu is not None:
-            return self._head(d.x.copy(), pos, skip_logits, False, greedy)
+            return self._head(d.x.copy(), pos, skip_logits, False, top_k)
         if skip_logits:
             return None
         logits = np.empty((1, p.n_vocab), np.float32)

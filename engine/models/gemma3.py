@@ -55,6 +55,7 @@ from engine.runtime.kernels import (
 )
 from engine.runtime.kernels.qgemm import qgemm
 from engine.runtime.kv_cache import KVCache, layer_slots, ring_keeps
+from engine.runtime.sampling import TopLogits
 
 ARCH = "gemma3"
 SWA_PATTERN = 6
@@ -278,13 +279,13 @@ class Gemma3:
             self._dec = None
 
     def forward(
-        self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False, greedy: bool = False
-    ) -> np.ndarray | int:
+        self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False, top_k: int = 0
+    ) -> np.ndarray | TopLogits:
         """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
         KV cache (positions >= ``start_pos`` already there are replaced).  ``last_only``: logits of
-        the last token only, shape (1, n_vocab) (what generation needs after a prefill).  ``greedy``
-        (implies ``last_only``): the greedy token id where a GPU holding the output layer picked
-        it, else the last logits (see :meth:`engine.models._common.Decoder.forward`)."""
+        the last token only, shape (1, n_vocab) (what generation needs after a prefill).  ``top_k``
+        (implies ``last_only``): the best logits and their ids where a GPU holding the output layer
+        picked them, else the last logits (see :meth:`engine.models._common.Decoder.forward`)."""
         tokens = checked_tokens(tokens, self.n_vocab)
         with self._lock:
             check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
@@ -297,12 +298,19 @@ class Gemma3:
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
             step = self.cache.max_batch
-            return in_micro_batches(self._forward_batch, tokens, start_pos, step, last_only or greedy, greedy)
+            return in_micro_batches(
+                self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
+            )
 
     @property
-    def picks_greedy(self) -> bool:
-        """Whether ``forward(..., greedy=True)`` can return the token id: the output layer is on a GPU."""
-        return self.gpu is not None and self.gpu.output is not None
+    def top_k_limit(self) -> int:
+        """The largest ``top_k`` that :meth:`forward` picks where the logits are: 0 unless the output
+        layer is on a GPU."""
+        if self.gpu is None or self.gpu.output is None:
+            return 0
+        from engine.runtime.cuda.device import TOP_MAX
+
+        return TOP_MAX
 
     def can_rewind(self, start_pos: int) -> bool:
         """Whether :meth:`forward` may restart at ``start_pos``: every sliding-window layer's ring
@@ -330,12 +338,12 @@ class Gemma3:
             x[i] = dequantize_rows(self.tok_embd, int(t), int(t) + 1)[0]
         return x * np.float32(math.sqrt(self.params.n_embd))
 
-    def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, greedy: bool):
+    def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, top_k: int):
         p = self.params
         n = tokens.size
         eps = np.float32(p.eps)
         if n == 1 and self.observer is None:
-            return self._decode_token(int(tokens[0]), pos0, skip_logits, greedy)
+            return self._decode_token(int(tokens[0]), pos0, skip_logits, top_k)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         x = self.embed(tokens)
         for il, L in enumerate(self.layers):
@@ -375,7 +383,7 @@ class Gemma3:
             x = x + rmsnorm(f, L.post_ffw_norm, eps)
             del f, h
         self.cache.n_past = pos0 + n
-        return self._head(x, pos0, skip_logits, last_only, greedy)
+        return self._head(x, pos0, skip_logits, last_only, top_k)
 
     def _geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         if not self.fp16_gelu:
@@ -400,11 +408,11 @@ class Gemma3:
         kc, vc, sp = cache.view(il, end_pos)
         return attention(q, kc, vc, sp, positions, window, round_f16)
 
-    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, greedy: bool = False):
+    def _head(self, x: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, top_k: int = 0):
         """GPU layers (if any), then the output norm and logits of the residual stream ``x``."""
         p = self.params
         if self.gpu is not None:
-            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer, greedy)
+            x, done = self.gpu.forward(x, pos0, last_only, not skip_logits, self.observer, top_k)
             if done:
                 return x
         if skip_logits:
@@ -432,7 +440,7 @@ class Gemma3:
         self._dec = _Decode(self)
         return self._dec
 
-    def _decode_token(self, token: int, pos: int, skip_logits: bool, greedy: bool = False):
+    def _decode_token(self, token: int, pos: int, skip_logits: bool, top_k: int = 0):
         """One token through the CPU layers with the fused kernels and preallocated buffers (same
         numbers, bit for bit, as the batched graph above)."""
         d = self._dec or self._build_decode()
@@ -482,7 +490,7 @@ class Gemma3:
             else:
                 fused.add_rms(xv, d.o_out[0], L.post_ffw_norm, eps)
         cache.n_past = pos + 1
-        return self._head(x if self.gpu is None else x.copy(), pos, skip_logits, False, greedy)
+        return self._head(x if self.gpu is None else x.copy(), pos, skip_logits, False, top_k)
 
 
 class _Decode:

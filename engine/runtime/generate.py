@@ -4,11 +4,13 @@ Pure orchestration over three parts that are tested on their own: a network with
 (``forward(tokens, start_pos, last_only=True)``), a tokenizer (``token_to_piece``, ``eog_ids``)
 and a :class:`~engine.runtime.sampling.Sampler`.
 
-Greedy decoding without penalties on a network whose ``picks_greedy`` is true (its output layer is
-on a GPU) asks ``forward(..., greedy=True)`` for the token id itself: the GPU takes the argmax and
-8 bytes come back instead of the logits (1 MB for a 262,144-token vocabulary, about as long as the
-H100 needs for a whole token of a small model).  Where the logits are invalid the network returns
-them instead, and the sampler raises as it always does.
+Where the network picks the best logits itself (``top_k_limit`` > 0: its output layer is on a GPU)
+and the sampler can do with them (:meth:`~engine.runtime.sampling.Sampler.device_top_k`: greedy,
+or top-k on, penalties off, as by default), each step asks ``forward(..., top_k=k)`` for the k best
+logits and their ids: a few hundred bytes come back instead of the logits (1 MB for a
+262,144-token vocabulary, about as long as an H100 needs for a whole token of a small model), and
+the host sorts 40 values instead of 262,144.  The sampler gives the same token either way.  Where
+the logits are invalid the network returns them, and the sampler raises as it always does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from engine.errors import ModelError
 from engine.progress import CancelToken
-from engine.runtime.sampling import Sampler, SamplingParams
+from engine.runtime.sampling import Sampler, SamplingParams, TopLogits
 from engine.runtime.tokenizer import StreamDecoder
 
 PREFILL_CHUNK = 512  # tokens evaluated between cancel checks and prefill progress events
@@ -37,10 +39,11 @@ class Network(Protocol):
     def forward(self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False) -> np.ndarray: ...
 
 
-def _stepper(net: Network, params: SamplingParams):
-    """``step(tokens, pos)``: the network's last logits, or the greedy token id where it picks it."""
-    if params.greedy and not params.penalties_active and getattr(net, "picks_greedy", False):
-        return lambda tokens, pos: net.forward(tokens, pos, last_only=True, greedy=True)  # type: ignore[call-arg]
+def _stepper(net: Network, sampler: Sampler):
+    """``step(tokens, pos)``: the network's last logits, or the best of them where it picks them."""
+    k = sampler.device_top_k(net.n_vocab, getattr(net, "top_k_limit", 0))
+    if k:
+        return lambda tokens, pos: net.forward(tokens, pos, last_only=True, top_k=k)  # type: ignore[call-arg]
     return lambda tokens, pos: net.forward(tokens, pos, last_only=True)
 
 
@@ -144,7 +147,7 @@ def generate(
     decoder = StreamDecoder(tokenizer, skip_special=True)
     matcher = StopMatcher(stop_strings)
     history = list(prompt)
-    step = _stepper(net, params)
+    step = _stepper(net, sampler)
 
     t0 = time.perf_counter()
     todo = prompt[reuse:]
@@ -172,10 +175,8 @@ def generate(
         if cancel is not None and cancel.cancelled:
             finish = "cancelled"
             break
-        if isinstance(logits, int):
-            token = logits  # picked on the GPU (see the module docstring)
-        else:
-            token = sampler.sample(np.asarray(logits[-1], np.float32), history)
+        best = logits if isinstance(logits, TopLogits) else np.asarray(logits[-1], np.float32)
+        token = sampler.sample(best, history)
         n_gen += 1
         now = time.perf_counter()
         if ttft is None:

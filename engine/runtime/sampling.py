@@ -43,6 +43,7 @@ __all__ = [
     "Sampler",
     "SamplingError",
     "SamplingParams",
+    "TopLogits",
     "apply_penalties",
     "min_p",
     "softmax",
@@ -194,7 +195,8 @@ def _desc_order(vals: np.ndarray) -> np.ndarray:
 
 
 def _top_k_positions(vals: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest values (ties at the cut: lowest positions), in descending order."""
+    """Positions of the ``k`` largest values (ties at the cut: lowest positions), in descending order
+    (ties: ascending position, as the GPU's top-k pick orders them)."""
     n = vals.size
     if k >= n:
         return _desc_order(vals)
@@ -206,6 +208,7 @@ def _top_k_positions(vals: np.ndarray, k: int) -> np.ndarray:
         # Ties straddle the cut: keep the lowest positions among the tied values.
         above = part[vals[part] > kth]
         chosen = np.concatenate((above, np.flatnonzero(vals == kth)[: k - above.size]))
+    chosen = np.sort(chosen)  # argpartition's order is arbitrary: ties by position, below
     return chosen[_desc_order(vals[chosen])]
 
 
@@ -328,6 +331,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # --- the chain --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class TopLogits:
+    """The ``k`` best logits of a token and their ids, best first (larger logit, then smaller id: what
+    top-k keeps, in its order), taken where the logits are (a GPU) so that only they come back.
+
+    :meth:`Sampler.sample` takes one in place of the logits when :meth:`Sampler.device_top_k` asked
+    for that ``k``: the rest of the chain gives the same token as on the whole vector."""
+
+    ids: np.ndarray  # int64 (k,)
+    logits: np.ndarray  # float32 (k,)
+    n_vocab: int
+
+
 class Sampler:
     """llama.cpp's default chain with its own random generator: the same seed gives the same tokens.
 
@@ -345,6 +361,19 @@ class Sampler:
         """Start the random sequence again from the seed (a fresh OS seed when ``seed`` is ``None``)."""
         self._rng = np.random.default_rng(self.params.seed)
 
+    def device_top_k(self, n_vocab: int, limit: int) -> int:
+        """The ``k`` (at most ``limit``) for which :meth:`sample` on a :class:`TopLogits` of the k best
+        logits gives the token it gives on all ``n_vocab`` of them, or 0: greedy needs the best one;
+        otherwise top-k must be on and cut (``0 < top_k < n_vocab``), and penalties off (they change
+        logits before top-k)."""
+        params = self.params
+        if params.penalties_active:
+            return 0
+        k = 1 if params.greedy else params.top_k
+        if not 0 < k <= limit or (k >= n_vocab and not params.greedy):
+            return 0
+        return k
+
     def candidates(
         self, logits: np.ndarray, recent_ids: Sequence[int] | np.ndarray = ()
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -360,9 +389,12 @@ class Sampler:
             return ids[best : best + 1].copy(), np.ones(1, dtype=np.float32)
         return ids, _probs((vals / np.float32(self.params.temperature)).astype(np.float32, copy=False))
 
-    def sample(self, logits: np.ndarray, recent_ids: Sequence[int] | np.ndarray = ()) -> int:
-        """The next token id."""
+    def sample(self, logits: np.ndarray | TopLogits, recent_ids: Sequence[int] | np.ndarray = ()) -> int:
+        """The next token id, from the logits or from the :class:`TopLogits` that
+        :meth:`device_top_k` asked for."""
         params = self.params
+        if isinstance(logits, TopLogits):
+            return self._sample_top(logits)
         if params.greedy:
             # The filters always keep the maximum, so greedy is the argmax of the penalised logits
             # (np.argmax: the first maximum, as llama.cpp's greedy sampler).
@@ -372,7 +404,20 @@ class Sampler:
                 arr = arr.copy()
                 _penalize_inplace(arr, window, params)
             return int(np.argmax(arr))
-        ids, vals = self._filter(logits, recent_ids)
+        return self._draw(*self._filter(logits, recent_ids))
+
+    def _sample_top(self, top: TopLogits) -> int:
+        k = top.ids.size
+        if self.device_top_k(top.n_vocab, k) != k:
+            raise SamplingError(f"the {k} best logits are not what this sampler needs ({self.params})")
+        if self.params.greedy:
+            return int(top.ids[0])
+        # the chain after top-k (see _filter), on the same ids and logits in the same order
+        return self._draw(*self._after_top_k(top.ids, np.asarray(top.logits, np.float32), True))
+
+    def _draw(self, ids: np.ndarray, vals: np.ndarray) -> int:
+        """Temperature and the random draw over the surviving candidates."""
+        params = self.params
         if ids.size == 1:
             return int(ids[0])
         probs = _probs((vals / np.float32(params.temperature)).astype(np.float32, copy=False))
@@ -403,7 +448,13 @@ class Sampler:
         else:
             ids = np.arange(n)
             vals = arr
+        return self._after_top_k(ids, vals, is_sorted)
 
+    def _after_top_k(
+        self, ids: np.ndarray, vals: np.ndarray, is_sorted: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-p and min-p over the candidates top-k left."""
+        params = self.params
         keep = _top_p_positions(vals, params.top_p, params.min_keep, is_sorted)
         if keep is not None:
             ids, vals = ids[keep], vals[keep]

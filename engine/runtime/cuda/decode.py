@@ -20,6 +20,7 @@ from engine.runtime.cuda import device as D
 from engine.runtime.cuda import fused_kernels as FK
 from engine.runtime.cuda import kernels as K
 from engine.runtime.cuda.graphs import TokenGraphs, token_graphs
+from engine.runtime.sampling import TopLogits
 
 
 def bind(arena: D.DeviceArena, kernel, grid, block) -> Callable[..., None]:
@@ -189,7 +190,7 @@ def groups(layers: list[Any]) -> list[tuple[D.DeviceArena, list[Any]]]:
     return out
 
 
-HIDDEN, LOGITS, GREEDY = 0, 1, 2  # what a token's run through a device ends with (graph keys)
+HIDDEN, LOGITS = 0, 1  # what a token's run through a device ends with (graph keys; ("top", k) too)
 
 
 @dataclass(eq=False)
@@ -197,10 +198,10 @@ class Group:
     """The one-token programs of the layers on one device: ``body`` runs them from the hidden
     state in ``x`` at the position in ``qpos`` (device memory); then ``to_hidden`` finishes the
     residual stream in ``x`` (for the next device or the CPU), or ``to_logits`` (on the device of
-    the output layer) fills ``logits``, after which ``pick`` can take the greedy token there
-    (:func:`device.greedy_calls`), so that 8 bytes come back instead of the logits.  On a GPU the
-    sequences run as CUDA graphs (:mod:`.graphs`), else kernel by kernel; ``launch_mode`` says
-    which, and why."""
+    the output layer) fills ``logits``, after which a top-k pick can take the k best logits there
+    (:func:`device.top_calls`), so that a few hundred bytes come back instead of the logits.  On a
+    GPU the sequences run as CUDA graphs (:mod:`.graphs`), else kernel by kernel; ``launch_mode``
+    says which, and why."""
 
     arena: D.DeviceArena
     x: Any
@@ -211,48 +212,54 @@ class Group:
     logits: Any
     graphs: TokenGraphs | None = field(default=None, init=False)
     why_no_graphs: str = field(default="", init=False)
-    pick: Program | None = field(default=None, init=False)
-    best: Any = field(default=None, init=False)
+    top: Any = field(default=None, init=False)  # the top-k pick's buffers (device.top_buffers)
+    _picks: dict[int, Program] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         with self.arena.on():
             self.graphs, self.why_no_graphs = token_graphs(self.arena.simulator)
             if self.to_logits is not None:
-                with self.arena.loading("the greedy pick"):
-                    bufs = D.greedy_buffers(self.arena.empty, self.arena.launch)
-                self.best = bufs[3]
-                self.pick = Program(self.arena)
-                for kernel, grid, block, args in D.greedy_calls(self.arena.launch, self.logits, bufs):
-                    self.pick.add(kernel, grid, block, args)
+                with self.arena.loading("the top-k pick"):
+                    self.top = D.top_buffers(self.arena.empty, self.arena.launch)
 
     @property
     def launch_mode(self) -> str:
         return "CUDA graphs" if self.graphs is not None else f"kernel by kernel ({self.why_no_graphs})"
 
-    def _ends(self, want_logits: bool, greedy: bool) -> tuple[int, tuple[Program, ...]]:
-        if not want_logits or self.to_logits is None:
-            return HIDDEN, (self.body, self.to_hidden)
-        if greedy:
-            return GREEDY, (self.body, self.to_logits, self.pick)
-        return LOGITS, (self.body, self.to_logits)
+    def _pick(self, k: int) -> Program:
+        """The launches of the top-``k`` pick (built on first use; no allocation)."""
+        prog = self._picks.get(k)
+        if prog is None:
+            prog = Program(self.arena)
+            for kernel, grid, block, args in D.top_calls(self.arena.launch, self.logits, k, self.top):
+                prog.add(kernel, grid, block, args)
+            self._picks[k] = prog
+        return prog
 
-    def run(self, x: np.ndarray, pos: int, want_logits: bool, greedy: bool = False) -> tuple[Any, bool]:
+    def _ends(self, want_logits: bool, top_k: int) -> tuple[Any, tuple[Program, ...], Any]:
+        """(graph key, programs, device result) of a token's run."""
+        if not want_logits or self.to_logits is None:
+            return HIDDEN, (self.body, self.to_hidden), self.x
+        if top_k:
+            return ("top", top_k), (self.body, self.to_logits, self._pick(top_k)), self.top[3]
+        return LOGITS, (self.body, self.to_logits), self.logits
+
+    def run(self, x: np.ndarray, pos: int, want_logits: bool, top_k: int = 0) -> tuple[Any, bool]:
         """The token's hidden state ``x`` at ``pos`` through this device's layers: (hidden state,
         False), or (logits, True) on the device of the output layer when ``want_logits``; with
-        ``greedy`` there, (the greedy token id, True), or the logits when the host sampler has to
-        see them (a NaN, +inf or only -inf, which it rejects)."""
-        mode, programs = self._ends(want_logits, greedy)
-        result = (self.x, self.logits, self.best)[mode]
+        ``top_k`` there, (:class:`~engine.runtime.sampling.TopLogits`, True), or the logits when
+        the host sampler has to see them (a NaN, +inf or only -inf, which it rejects)."""
+        key, programs, result = self._ends(want_logits, top_k)
         hx = np.ascontiguousarray(x, np.float32).reshape(self.x.shape)
         hp = np.array([pos], np.int64)
         with self.arena.on():
             out = None
             g = self.graphs
-            if g is not None and g.warm(mode):
+            if g is not None and g.warm(key):
                 try:
                     self.x.copy_to_device(hx, stream=g.stream)
                     self.qpos.copy_to_device(hp, stream=g.stream)
-                    g.launch(mode, programs)
+                    g.launch(key, programs)
                     out = result.copy_to_host(stream=g.stream)
                     g.stream.synchronize()
                 except Exception as err:  # capture or replay failed: kernel by kernel from now on
@@ -268,29 +275,32 @@ class Group:
                 for p in programs:
                     p.run()
                 out = result.copy_to_host()
-            if mode != GREEDY:
-                return out, mode == LOGITS
-            if out[1] == 0:
-                return int(out[0]), True
-            return self.logits.copy_to_host(), True
+            if key == HIDDEN:
+                return out, False
+            if key == LOGITS:
+                return out, True
+            top = D.top_result(out, top_k)
+            if top is None:
+                return self.logits.copy_to_host(), True
+            return TopLogits(top[0], top[1], self.logits.shape[1]), True
 
-    def launches(self, want_logits: bool, greedy: bool = False) -> int:
+    def launches(self, want_logits: bool, top_k: int = 0) -> int:
         """Kernel launches of one token through this device's layers (in its graph, if any)."""
-        return sum(len(p) for p in self._ends(want_logits, greedy)[1])
+        return sum(len(p) for p in self._ends(want_logits, top_k)[1])
 
 
-def launches_per_token(decode: list[Group], want_logits: bool = True, greedy: bool = False) -> int:
+def launches_per_token(decode: list[Group], want_logits: bool = True, top_k: int = 0) -> int:
     """Kernel launches of one decoded token through every device of ``decode``."""
-    return sum(g.launches(want_logits, greedy) for g in decode)
+    return sum(g.launches(want_logits, top_k) for g in decode)
 
 
 def forward_one(
-    decode: list[Group], x: np.ndarray, pos: int, want_logits: bool, greedy: bool = False
+    decode: list[Group], x: np.ndarray, pos: int, want_logits: bool, top_k: int = 0
 ) -> tuple[Any, bool]:
     """One token through the GPU layers: (logits, True) or (hidden state, False), as ``forward``;
-    with ``greedy``, (token id, True) where the output layer's device picked it (:meth:`Group.run`)."""
+    with ``top_k``, (TopLogits, True) where the output layer's device picked them (:meth:`Group.run`)."""
     for g in decode:
-        x, done = g.run(x, pos, want_logits, greedy)
+        x, done = g.run(x, pos, want_logits, top_k)
         if done:
             return x, True
     return x, False

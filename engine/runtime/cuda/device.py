@@ -374,31 +374,47 @@ def softcap(launch: Launch, x, c):
     return x
 
 
-GREEDY_BLOCKS = 64  # first-pass blocks of the greedy pick (each reads 1/64 of the logits)
+TOP_BLOCKS = 64  # first-pass blocks of the top-k pick (each scans 1/64 of the logits)
+TOP_MAX = 64  # the largest k picked on the device (llama.cpp's default top-k is 40)
 
 
-def greedy_buffers(empty, launch: Launch) -> tuple[Any, ...]:
-    """Scratch (partial values, indices, NaN flags) and result (token, flag) of :func:`greedy_call`."""
-    nb = min(GREEDY_BLOCKS, launch.max_blocks)
-    return empty((nb,), np.float32), empty((nb,), np.int32), empty((nb,), np.int32), empty((2,), np.int64)
+def top_buffers(empty, launch: Launch) -> tuple[Any, ...]:
+    """Scratch (per-block values, indices, NaN flags) and result of :func:`top_calls`: one int32
+    vector, so one copy brings back the flag, the k indices and (as f32 bits) the k values."""
+    nb = min(TOP_BLOCKS, launch.max_blocks)
+    pv, pi = empty((nb, TOP_MAX), np.float32), empty((nb, TOP_MAX), np.int32)
+    return pv, pi, empty((nb,), np.int32), empty((1 + 2 * TOP_MAX,), np.int32)
 
 
-def greedy_calls(launch: Launch, x, bufs) -> list[tuple[Any, Any, Any, tuple[Any, ...]]]:
-    """The two launches of the greedy pick over the logits ``x`` (1, n) into ``bufs[3]``: (the first
-    index of the largest logit, 1 if the host must decide instead: a NaN, +inf, or only -inf)."""
+def top_calls(launch: Launch, x, k: int, bufs) -> list[tuple[Any, Any, Any, tuple[Any, ...]]]:
+    """The two launches of the top-``k`` pick over the logits ``x`` (1, n) into ``bufs[3]``:
+    see :func:`top_result`."""
+    if not 1 <= k <= TOP_MAX:
+        raise ValueError(f"the device picks 1 to {TOP_MAX} best logits, not {k}")
     pv, pi, pb, out = bufs
     threads = launch.elem_threads  # a power of two (the reductions halve it)
     blocks = min(pv.shape[0], _blocks(x.shape[1], threads, launch))
     pv, pi, pb = pv[:blocks], pi[:blocks], pb[:blocks]
-    return [(K.argmax_partial, blocks, threads, (x, pv, pi, pb)), (K.argmax_final, 1, threads, (pv, pi, pb, out))]
+    vals = out[1 + TOP_MAX :].view(np.float32)
+    first = (K.top_partial, blocks, threads, (x, np.int32(k), pv, pi, pb))
+    return [first, (K.top_final, 1, threads, (pv, pi, pb, np.int32(k), out, vals))]
 
 
-def greedy_pick(launch: Launch, x):
-    """(token, flag) of :func:`greedy_calls` for the device logits ``x`` (1, n), on the host."""
-    bufs = greedy_buffers(cuda.device_array, launch)
-    for kernel, grid, block, args in greedy_calls(launch, x, bufs):
+def top_result(host: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids int64, logits f32) of the k best logits, best first (larger logit, then smaller id),
+    from the copied result of :func:`top_calls`; ``None`` where the host sampler must see the
+    logits (a NaN, +inf, or only -inf: it rejects them)."""
+    if host[0] != 0:
+        return None
+    return host[1 : 1 + k].astype(np.int64), host[1 + TOP_MAX : 1 + TOP_MAX + k].view(np.float32).copy()
+
+
+def top_pick(launch: Launch, x, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`top_result` of the device logits ``x`` (1, n), computed there."""
+    bufs = top_buffers(cuda.device_array, launch)
+    for kernel, grid, block, args in top_calls(launch, x, k, bufs):
         kernel[grid, block](*args)
-    return bufs[3].copy_to_host()
+    return top_result(bufs[3].copy_to_host(), k)
 
 
 SCORES_MAX_FLOATS = 1 << 23  # attention scratch per launch (32 MiB); queries are chunked to fit

@@ -526,19 +526,37 @@ def softcap(x, c):
         x[r, i] = F32(F32(math.tanh(F64(F32(x[r, i] / c)))) * c)
 
 
+# ---------------------------------------------------------------------------- the top-k pick
+# The k largest logits of a row, best first, in the host sampler's order (engine/runtime/sampling.py:
+# larger value first, the smaller index on a tie, which is also NumPy's argmax for k = 1), so that
+# only they, not the whole row, go back to the host.  k rounds of a (value, index) arg-max, each over
+# what comes after the previous pick in that order (so nothing is marked or copied); first per block
+# over a grid-stride share of the row (top_partial), then over the blocks' picks (top_final).
+
+
+@cuda.jit(device=True)
+def _before(v, i, bv, bi):
+    """(v, i) comes before (bv, bi) in the pick order; index -1 is no candidate."""
+    return i >= 0 and (bi < 0 or v > bv or (v == bv and i < bi))
+
+
+@cuda.jit(device=True)
+def _after(v, i, lv, li, first):
+    """(v, i) is still to pick after the last pick (lv, li) (everything is, in the first round)."""
+    return first or v < lv or (v == lv and i > li)
+
+
 @cuda.jit(device=True)
 def _best_in_block(smv, smi, smb, tid, nth):
-    """Tree reduction of the block's (value, index, NaN seen) in shared memory into slot 0: the
-    larger value wins, the smaller index on a tie (so the first maximum), index -1 never wins;
-    ``nth`` is a power of two."""
+    """Tree reduction of the block's (value, index, NaN seen) in shared memory into slot 0 (the
+    first in the pick order; the NaN flags or-ed); ``nth`` is a power of two."""
     cuda.syncthreads()
     stride = nth // 2
     while stride > 0:
         if tid < stride:
             ov = smv[tid + stride]
             oi = smi[tid + stride]
-            mi = smi[tid]
-            if oi >= 0 and (mi < 0 or ov > smv[tid] or (ov == smv[tid] and oi < mi)):
+            if _before(ov, oi, smv[tid], smi[tid]):
                 smv[tid] = ov
                 smi[tid] = oi
             smb[tid] = smb[tid] | smb[tid + stride]
@@ -547,65 +565,86 @@ def _best_in_block(smv, smi, smb, tid, nth):
 
 
 @cuda.jit(cache=True)
-def argmax_partial(x, pv, pi, pb):
-    """First pass of the greedy pick over ``x`` (1, n) f32: block b writes the largest value of
-    the elements its threads visit (a grid-stride loop), its first index, and whether a NaN was
-    among them, to ``pv[b]``, ``pi[b]`` (-1: none) and ``pb[b]``."""
+def top_partial(x, k, pv, pi, pb):
+    """First pass of the top-``k`` pick over ``x`` (1, n) f32: block b writes the first ``k`` of the
+    elements its threads visit, in the pick order, to ``pv[b, :k]``, ``pi[b, :k]`` (index -1 once
+    they run out), and whether a NaN was among them to ``pb[b]`` (NaNs are never picked)."""
     n = x.shape[1]
     tid = cuda.threadIdx.x
     nth = cuda.blockDim.x
+    b = cuda.blockIdx.x
     smv = cuda.shared.array(SM_F64, np.float32)
     smi = cuda.shared.array(SM_F64, np.int32)
     smb = cuda.shared.array(SM_F64, np.int32)
-    best = F32(-math.inf)
-    bi = INT32(-1)
+    lv = F32(0.0)
+    li = INT32(-1)
     bad = INT32(0)
-    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        v = x[0, i]
-        if v != v:
-            bad = INT32(1)
-        elif bi < 0 or v > best:  # strictly larger: a thread's indices increase, so its first maximum
-            best = v
-            bi = INT32(i)
-    smv[tid] = best
-    smi[tid] = bi
-    smb[tid] = bad
-    _best_in_block(smv, smi, smb, tid, nth)
-    if tid == 0:
-        b = cuda.blockIdx.x
-        pv[b] = smv[0]
-        pi[b] = smi[0]
-        pb[b] = smb[0]
+    for r in range(k):
+        best = F32(-math.inf)
+        bi = INT32(-1)
+        for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+            v = x[0, i]
+            if v != v:
+                bad = INT32(1)
+            elif _after(v, i, lv, li, r == 0) and (bi < 0 or v > best):  # a thread's indices increase
+                best = v
+                bi = INT32(i)
+        smv[tid] = best
+        smi[tid] = bi
+        smb[tid] = bad
+        _best_in_block(smv, smi, smb, tid, nth)
+        lv = smv[0]
+        li = smi[0]
+        if tid == 0:
+            pv[b, r] = lv
+            pi[b, r] = li
+            pb[b] = smb[0]
+        cuda.syncthreads()  # slot 0 read by every thread before the next round writes it
+        if li < 0:  # nothing left here (the same for every thread of the block)
+            if tid == 0:
+                for rr in range(r + 1, k):
+                    pi[b, rr] = INT32(-1)
+            break
 
 
 @cuda.jit(cache=True)
-def argmax_final(pv, pi, pb, out):
-    """Second pass (one block) over the partials of :func:`argmax_partial`: ``out[0]`` = the first
-    index of the largest value (NumPy's argmax), ``out[1]`` = 1 where the host sampler must look
-    at the logits instead (it rejects them): a NaN anywhere, or a largest value of +inf, or only
-    -inf."""
+def top_final(pv, pi, pb, k, out, vals):
+    """Second pass (one block) over the picks of :func:`top_partial`: ``out[1 + r]`` = the index
+    and ``vals[r]`` the value of the r-th of the ``k`` best logits; ``out[0]`` = 1 where the host
+    sampler must see the logits instead (it rejects them): a NaN anywhere, or a largest value of
+    +inf, or only -inf."""
     tid = cuda.threadIdx.x
     nth = cuda.blockDim.x
     smv = cuda.shared.array(SM_F64, np.float32)
     smi = cuda.shared.array(SM_F64, np.int32)
     smb = cuda.shared.array(SM_F64, np.int32)
-    best = F32(-math.inf)
-    bi = INT32(-1)
+    nc = pv.shape[0] * k
     bad = INT32(0)
     for b in range(tid, pv.shape[0], nth):
         bad = bad | pb[b]
-        i = pi[b]
-        if i >= 0 and (bi < 0 or pv[b] > best or (pv[b] == best and i < bi)):
-            best = pv[b]
-            bi = i
-    smv[tid] = best
-    smi[tid] = bi
-    smb[tid] = bad
-    _best_in_block(smv, smi, smb, tid, nth)
-    if tid == 0:
-        v = smv[0]
-        out[0] = smi[0]
-        out[1] = 1 if (smb[0] != 0 or smi[0] < 0 or v == math.inf or v == -math.inf) else 0
+    lv = F32(0.0)
+    li = INT32(-1)
+    for r in range(k):
+        best = F32(-math.inf)
+        bi = INT32(-1)
+        for c in range(tid, nc, nth):
+            v = pv[c // k, c % k]
+            i = pi[c // k, c % k]
+            if i >= 0 and _after(v, i, lv, li, r == 0) and _before(v, i, best, bi):
+                best = v
+                bi = i
+        smv[tid] = best
+        smi[tid] = bi
+        smb[tid] = bad
+        _best_in_block(smv, smi, smb, tid, nth)
+        lv = smv[0]
+        li = smi[0]
+        if tid == 0:
+            out[1 + r] = li
+            vals[r] = lv
+            if r == 0:
+                out[0] = 1 if (smb[0] != 0 or li < 0 or lv == math.inf or lv == -math.inf) else 0
+        cuda.syncthreads()
         cuda.syncthreads()
 
 

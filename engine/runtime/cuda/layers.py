@@ -61,18 +61,19 @@ class GpuLayers:
         last_only: bool,
         want_logits: bool,
         see: Callable[[str, np.ndarray], None] | None,
-        greedy: bool = False,
-    ) -> tuple[np.ndarray | int, bool]:
+        top_k: int = 0,
+    ) -> tuple[Any, bool]:
         """Run the GPU layers on the hidden state ``x`` (n, n_embd) of positions ``pos0 ..``.
         Returns (logits, True) when the output layer is here and ``want_logits``, else
         (hidden state, False) for the CPU to finish.  ``last_only``: only the last row leaves the
-        last layer (as on the CPU).  ``greedy``: for one token, the device picks the greedy token
-        from the logits and returns (its id, True) (:meth:`decode.Group.run`)."""
+        last layer (as on the CPU).  ``top_k``: for one token, the device holding the output layer
+        picks the ``top_k`` best logits and returns (:class:`~engine.runtime.sampling.TopLogits`,
+        True) (:meth:`decode.Group.run`)."""
         self.truncate(pos0)
         n = x.shape[0]
         if n == 1 and see is None:
             self.n_past = pos0 + 1
-            return dec.forward_one(self.decode, x, pos0, want_logits, greedy)
+            return dec.forward_one(self.decode, x, pos0, want_logits, top_k)
         positions = np.arange(pos0, pos0 + n, dtype=np.int64)
         i = 0
         while i < len(self.layers):
