@@ -131,7 +131,8 @@ def warm_up(paths: Any, token: Any, wait_s: float = 900.0) -> Generator[Any, Non
     model = open_model(entry.path, n_ctx=64)
     try:
         yield Progress("warm-up", 2, steps, "compiling the prompt kernels")
-        for ev in model.generate(model.tokenize("Hello there"), max_tokens=2, temperature=0.0, cancel=token):
+        # llama.cpp's default sampling chain, as a chat uses it (its top-k kernel compiles too)
+        for ev in model.generate(model.tokenize("Hello there"), max_tokens=2, seed=0, cancel=token):
             if ev.kind == "token":
                 yield Progress("warm-up", 3, steps, "compiling the generation kernels")
     finally:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import KvantError
+from engine.runtime.kernels.topk import top_k as top_k_kernel
+from engine.runtime.kernels.topk import top_k_ref
 
 __all__ = [
     "Sampler",
@@ -54,6 +56,9 @@ __all__ = [
 
 # Above this many candidates top-p first tries the best few (llama.cpp does the same, with 256).
 _TOP_P_PARTIAL = 256
+# Up to this k, top-k runs the Numba kernel of engine.runtime.kernels.topk (0.06 vs 0.35 ms for k = 40 of
+# 262,144 on this CPU; 0.51 vs 0.36 ms at k = 512).
+_TOP_K_KERNEL_MAX = 128
 
 
 class SamplingError(KvantError, ValueError):
@@ -196,20 +201,13 @@ def _desc_order(vals: np.ndarray) -> np.ndarray:
 
 def _top_k_positions(vals: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` largest values (ties at the cut: lowest positions), in descending order
-    (ties: ascending position, as the GPU's top-k pick orders them)."""
+    (ties: ascending position, as the GPU's top-k pick orders them); ``vals`` hold no NaN."""
     n = vals.size
     if k >= n:
         return _desc_order(vals)
-    part = np.argpartition(vals, n - k)[n - k :]
-    kth = vals[part].min()
-    if np.count_nonzero(vals == kth) == np.count_nonzero(vals[part] == kth):
-        chosen = part
-    else:
-        # Ties straddle the cut: keep the lowest positions among the tied values.
-        above = part[vals[part] > kth]
-        chosen = np.concatenate((above, np.flatnonzero(vals == kth)[: k - above.size]))
-    chosen = np.sort(chosen)  # argpartition's order is arbitrary: ties by position, below
-    return chosen[_desc_order(vals[chosen])]
+    if k > _TOP_K_KERNEL_MAX:  # the kernel's insertions grow as k^2: argpartition wins
+        return top_k_ref(vals, k)
+    return top_k_kernel(np.ascontiguousarray(vals, np.float32), k)  # as top_k_ref; 6x faster for k = 40
 
 
 def _probs(vals: np.ndarray) -> np.ndarray:
