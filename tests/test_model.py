@@ -171,3 +171,30 @@ def test_generation_runs_with_the_models_threads_on_any_thread(model, monkeypatc
     t.join(120)
     assert seen and set(seen) == {1}
     model.reset()
+
+
+def test_a_failed_forward_leaves_nothing_in_the_cache(model):
+    """A batch that fails after writing some layers' keys (here: an observer that raises) must not
+    leave them behind: appending skips the cache truncation, so the model forgets them itself."""
+    net = model.net
+    ids = np.asarray(model.tokenize("The quick brown fox jumps over the lazy dog"), np.int32)
+    net.reset()
+    net.forward(ids[:4], 0)
+    want = net.forward(ids[4:], 4, last_only=True)  # (llama.cpp's numbers depend on the batches too)
+    net.reset()
+    net.forward(ids[:4], 0)
+
+    def fail(name, x):
+        if name.startswith("blk.3."):
+            raise RuntimeError("stop")
+
+    net.observer = fail
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            net.forward(ids[4:], 4)
+    finally:
+        net.observer = None
+    assert net.n_past == 4
+    assert all((sp < 4).all() for sp in net.cache.slot_pos)
+    got = net.forward(ids[4:], 4, last_only=True)
+    np.testing.assert_array_equal(got, want)

@@ -526,9 +526,13 @@ class Decoder:
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
             step = self.cache.max_batch
-            return in_micro_batches(
-                self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
-            )
+            try:
+                return in_micro_batches(
+                    self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
+                )
+            except BaseException:
+                self.cache.forget(start_pos)  # what a failed batch wrote (truncate skips when appending)
+                raise
 
     @property
     def top_k_limit(self) -> int:

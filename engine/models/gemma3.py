@@ -298,9 +298,13 @@ class Gemma3:
             if self.gpu is not None:
                 self.gpu.truncate(start_pos)
             step = self.cache.max_batch
-            return in_micro_batches(
-                self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
-            )
+            try:
+                return in_micro_batches(
+                    self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
+                )
+            except BaseException:
+                self.cache.forget(start_pos)  # what a failed batch wrote (truncate skips when appending)
+                raise
 
     @property
     def top_k_limit(self) -> int:
@@ -316,6 +320,8 @@ class Gemma3:
         """Whether :meth:`forward` may restart at ``start_pos``: every sliding-window layer's ring
         (CPU or GPU, sized alike) still holds the keys the restarted tokens see."""
         p, n_past, mb = self.params, self.cache.n_past, self.cache.max_batch
+        if start_pos >= n_past:
+            return True  # appending: every ring holds at least a window
         return all(
             ring_keeps(self.n_ctx, p.window(il), layer_slots(self.n_ctx, p.window(il), mb), start_pos, n_past)
             for il in range(p.n_layer)

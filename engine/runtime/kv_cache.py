@@ -115,6 +115,8 @@ class KVCache:
     def can_rewind(self, start_pos: int) -> bool:
         """Whether a batch restarting at ``start_pos`` still finds every key it may see
         (:func:`ring_keeps` for every layer)."""
+        if start_pos >= self.n_past:
+            return True  # appending: every ring holds at least a window
         return all(
             ring_keeps(self.n_ctx, w, s, start_pos, self.n_past)
             for w, s in zip(self.windows, self.slots, strict=True)
@@ -122,9 +124,16 @@ class KVCache:
 
     def truncate(self, n_past: int) -> None:
         """Forget positions >= ``n_past`` (a batch restarting before the end of the cache)."""
+        if n_past >= self.n_past:  # appending: nothing to forget (a decoded token, every time)
+            self.n_past = n_past
+            return
+        self.forget(n_past)
+
+    def forget(self, n_past: int) -> None:
+        """Forget positions >= ``n_past``, also those a failed batch wrote beyond :attr:`n_past`."""
         for sp in self.slot_pos:
             sp[sp >= n_past] = -1
-        self.n_past = n_past
+        self.n_past = min(self.n_past, n_past)
 
     def write(self, layer: int, start_pos: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store k, v (n, n_kv_head, head_dim) for positions ``start_pos ..``."""
