@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import cuda
 
 from engine.runtime.cuda import device as D
 from engine.runtime.cuda import fused_kernels as FK
@@ -190,6 +191,14 @@ def groups(layers: list[Any]) -> list[tuple[D.DeviceArena, list[Any]]]:
     return out
 
 
+def _pinned(shape, dtype) -> np.ndarray:
+    """A page-locked host array, or a plain one where the driver refuses (a locked-memory limit)."""
+    try:
+        return cuda.pinned_array(shape, dtype)
+    except Exception:
+        return np.empty(shape, dtype)
+
+
 HIDDEN, LOGITS = 0, 1  # what a token's run through a device ends with (graph keys; ("top", k) too)
 
 
@@ -214,6 +223,7 @@ class Group:
     why_no_graphs: str = field(default="", init=False)
     top: Any = field(default=None, init=False)  # the top-k pick's buffers (device.top_buffers)
     _picks: dict[int, Program] = field(default_factory=dict, init=False)
+    _host: dict[int, np.ndarray] = field(default_factory=dict, init=False)  # staging, by id(device array)
 
     def __post_init__(self) -> None:
         with self.arena.on():
@@ -221,6 +231,12 @@ class Group:
             if self.to_logits is not None:
                 with self.arena.loading("the top-k pick"):
                     self.top = D.top_buffers(self.arena.empty, self.arena.launch)
+            # page-locked host copies of what moves per token, so that the copies are asynchronous
+            # on the token's stream (from pageable memory the driver copies synchronously, through
+            # a bounce buffer) and the host waits once per token
+            for dev in (self.x, self.qpos, self.logits, None if self.top is None else self.top[3]):
+                if dev is not None:
+                    self._host[id(dev)] = _pinned(dev.shape, dev.dtype)
 
     @property
     def launch_mode(self) -> str:
@@ -250,35 +266,36 @@ class Group:
         ``top_k`` there, (:class:`~engine.runtime.sampling.TopLogits`, True), or the logits when
         the host sampler has to see them (a NaN, +inf or only -inf, which it rejects)."""
         key, programs, result = self._ends(want_logits, top_k)
-        hx = np.ascontiguousarray(x, np.float32).reshape(self.x.shape)
-        hp = np.array([pos], np.int64)
+        hx, hp, out = self._host[id(self.x)], self._host[id(self.qpos)], self._host[id(result)]
+        hx[...] = np.asarray(x, np.float32).reshape(hx.shape)
+        hp[0] = pos
         with self.arena.on():
-            out = None
+            done = False
             g = self.graphs
             if g is not None and g.warm(key):
                 try:
                     self.x.copy_to_device(hx, stream=g.stream)
                     self.qpos.copy_to_device(hp, stream=g.stream)
                     g.launch(key, programs)
-                    out = result.copy_to_host(stream=g.stream)
+                    result.copy_to_host(out, stream=g.stream)
                     g.stream.synchronize()
+                    done = True
                 except Exception as err:  # capture or replay failed: kernel by kernel from now on
-                    out = None
                     self.graphs = None
                     self.why_no_graphs = f"CUDA graph failed: {type(err).__name__}: {err}"
                     msg = f"GPU {self.arena.index}: {self.why_no_graphs}"
                     warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            if out is None:
+            if not done:
                 # (again from the inputs: the programs rewrite x, and the KV slot of pos, identically)
                 self.x.copy_to_device(hx)
                 self.qpos.copy_to_device(hp)
                 for p in programs:
                     p.run()
-                out = result.copy_to_host()
+                result.copy_to_host(out)
             if key == HIDDEN:
-                return out, False
+                return out.copy(), False  # (the staging buffers serve the next token)
             if key == LOGITS:
-                return out, True
+                return out.copy(), True
             top = D.top_result(out, top_k)
             if top is None:
                 return self.logits.copy_to_host(), True
