@@ -110,6 +110,40 @@ def in_micro_batches(
     return logits[0] if len(logits) == 1 else np.concatenate(logits)
 
 
+def gpu_top_k_limit(gpu) -> int:
+    """The largest ``top_k`` a model's ``forward`` picks where the logits are: 0 unless the output
+    layer is on a GPU (``gpu``: the model's GPU layers, or None)."""
+    if gpu is None or gpu.output is None:
+        return 0
+    from engine.runtime.cuda.device import TOP_MAX
+
+    return TOP_MAX
+
+
+def run_forward(net, tokens, start_pos: int, last_only: bool, top_k: int) -> np.ndarray | TopLogits:
+    """The body of both decoder classes' ``forward`` (:meth:`Decoder.forward`): check the tokens and
+    the span, rewind the caches (CPU and GPU) to ``start_pos``, run the micro-batches; a failed
+    batch leaves nothing in the CPU cache (appending skips the truncation, so it forgets itself)."""
+    tokens = checked_tokens(tokens, net.n_vocab)
+    with net._lock:
+        check_span(start_pos, tokens.size, net.cache.n_past, net.n_ctx)
+        if not net.can_rewind(start_pos):
+            raise ModelError(
+                f"cannot restart at position {start_pos}: the sliding-window KV cache no longer holds "
+                "the keys before it; reset and evaluate from the start"
+            )
+        net.cache.truncate(start_pos)
+        if net.gpu is not None:
+            net.gpu.truncate(start_pos)
+        try:
+            return in_micro_batches(
+                net._forward_batch, tokens, start_pos, net.cache.max_batch, last_only or top_k > 0, top_k
+            )
+        except BaseException:
+            net.cache.forget(start_pos)
+            raise
+
+
 def _mm(w: QWeight, x: np.ndarray | SharedActivations) -> np.ndarray:
     """``x @ W.T``: one token by the mat-vec kernels, several (prefill) by the token-tiled kernels,
     which give the same numbers bit for bit (so prefill and decode logits agree exactly).  ``x``
@@ -514,35 +548,12 @@ class Decoder:
         token and their ids (:class:`~engine.runtime.sampling.TopLogits`), picked there so that the
         logits stay on the device; else, or when the logits hold a NaN, +inf or only -inf (for the
         sampler to reject), the last logits as with ``last_only``."""
-        tokens = checked_tokens(tokens, self.n_vocab)
-        with self._lock:
-            check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
-            if not self.can_rewind(start_pos):
-                raise ModelError(
-                    f"cannot restart at position {start_pos}: the sliding-window KV cache no longer holds "
-                    "the keys before it; reset and evaluate from the start"
-                )
-            self.cache.truncate(start_pos)
-            if self.gpu is not None:
-                self.gpu.truncate(start_pos)
-            step = self.cache.max_batch
-            try:
-                return in_micro_batches(
-                    self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
-                )
-            except BaseException:
-                self.cache.forget(start_pos)  # what a failed batch wrote (truncate skips when appending)
-                raise
+        return run_forward(self, tokens, start_pos, last_only, top_k)
 
     @property
     def top_k_limit(self) -> int:
-        """The largest ``top_k`` that :meth:`forward` picks where the logits are: 0 unless the output
-        layer is on a GPU."""
-        if self.gpu is None or self.gpu.output is None:
-            return 0
-        from engine.runtime.cuda.device import TOP_MAX
-
-        return TOP_MAX
+        """The largest ``top_k`` that :meth:`forward` picks where the logits are (:func:`gpu_top_k_limit`)."""
+        return gpu_top_k_limit(self.gpu)
 
     def can_rewind(self, start_pos: int) -> bool:
         """Whether :meth:`forward` may restart at ``start_pos`` (see ``KVCache.can_rewind``)."""

@@ -31,11 +31,10 @@ import numpy as np
 from engine.errors import ModelError
 from engine.gguf import GGUFModel
 from engine.models._common import (
-    check_span,
-    checked_tokens,
-    in_micro_batches,
+    gpu_top_k_limit,
     load_qweight,
     offload_wanted,
+    run_forward,
     widen_q5_0_in,
 )
 from engine.runtime.kernels import (
@@ -286,35 +285,12 @@ class Gemma3:
         the last token only, shape (1, n_vocab) (what generation needs after a prefill).  ``top_k``
         (implies ``last_only``): the best logits and their ids where a GPU holding the output layer
         picked them, else the last logits (see :meth:`engine.models._common.Decoder.forward`)."""
-        tokens = checked_tokens(tokens, self.n_vocab)
-        with self._lock:
-            check_span(start_pos, tokens.size, self.cache.n_past, self.n_ctx)
-            if not self.can_rewind(start_pos):
-                raise ModelError(
-                    f"cannot restart at position {start_pos}: the sliding-window KV cache no longer holds "
-                    "the keys before it; reset and evaluate from the start"
-                )
-            self.cache.truncate(start_pos)
-            if self.gpu is not None:
-                self.gpu.truncate(start_pos)
-            step = self.cache.max_batch
-            try:
-                return in_micro_batches(
-                    self._forward_batch, tokens, start_pos, step, last_only or top_k > 0, top_k
-                )
-            except BaseException:
-                self.cache.forget(start_pos)  # what a failed batch wrote (truncate skips when appending)
-                raise
+        return run_forward(self, tokens, start_pos, last_only, top_k)
 
     @property
     def top_k_limit(self) -> int:
-        """The largest ``top_k`` that :meth:`forward` picks where the logits are: 0 unless the output
-        layer is on a GPU."""
-        if self.gpu is None or self.gpu.output is None:
-            return 0
-        from engine.runtime.cuda.device import TOP_MAX
-
-        return TOP_MAX
+        """The largest ``top_k`` that :meth:`forward` picks where the logits are (:func:`gpu_top_k_limit`)."""
+        return gpu_top_k_limit(self.gpu)
 
     def can_rewind(self, start_pos: int) -> bool:
         """Whether :meth:`forward` may restart at ``start_pos``: every sliding-window layer's ring

@@ -547,9 +547,13 @@ def _after(v, i, lv, li, first):
 
 
 @cuda.jit(device=True)
-def _best_in_block(smv, smi, smb, tid, nth):
-    """Tree reduction of the block's (value, index, NaN seen) in shared memory into slot 0 (the
-    first in the pick order; the NaN flags or-ed); ``nth`` is a power of two."""
+def _best_in_block(smv, smi, smb, v, i, bad, tid, nth):
+    """(value, index, NaN seen) of the block: the first in the pick order of the threads' ``(v, i)``,
+    and their ``bad`` flags or-ed; a tree reduction in shared memory (``nth`` a power of two).  The
+    caller syncs the block before it calls again (every thread reads slot 0 first)."""
+    smv[tid] = v
+    smi[tid] = i
+    smb[tid] = bad
     cuda.syncthreads()
     stride = nth // 2
     while stride > 0:
@@ -562,6 +566,7 @@ def _best_in_block(smv, smi, smb, tid, nth):
             smb[tid] = smb[tid] | smb[tid + stride]
         cuda.syncthreads()
         stride //= 2
+    return smv[0], smi[0], smb[0]
 
 
 @cuda.jit(cache=True)
@@ -589,16 +594,11 @@ def top_partial(x, k, pv, pi, pb):
             elif _after(v, i, lv, li, r == 0) and (bi < 0 or v > best):  # a thread's indices increase
                 best = v
                 bi = INT32(i)
-        smv[tid] = best
-        smi[tid] = bi
-        smb[tid] = bad
-        _best_in_block(smv, smi, smb, tid, nth)
-        lv = smv[0]
-        li = smi[0]
+        lv, li, seen = _best_in_block(smv, smi, smb, best, bi, bad, tid, nth)
         if tid == 0:
             pv[b, r] = lv
             pi[b, r] = li
-            pb[b] = smb[0]
+            pb[b] = seen
         cuda.syncthreads()  # slot 0 read by every thread before the next round writes it
         if li < 0:  # nothing left here (the same for every thread of the block)
             if tid == 0:
@@ -633,17 +633,12 @@ def top_final(pv, pi, pb, k, out, vals):
             if i >= 0 and _after(v, i, lv, li, r == 0) and _before(v, i, best, bi):
                 best = v
                 bi = i
-        smv[tid] = best
-        smi[tid] = bi
-        smb[tid] = bad
-        _best_in_block(smv, smi, smb, tid, nth)
-        lv = smv[0]
-        li = smi[0]
+        lv, li, seen = _best_in_block(smv, smi, smb, best, bi, bad, tid, nth)
         if tid == 0:
             out[1 + r] = li
             vals[r] = lv
             if r == 0:
-                out[0] = 1 if (smb[0] != 0 or li < 0 or lv == math.inf or lv == -math.inf) else 0
+                out[0] = 1 if (seen != 0 or li < 0 or lv == math.inf or lv == -math.inf) else 0
         cuda.syncthreads()
         cuda.syncthreads()
 
