@@ -42,6 +42,59 @@ class EngineSpeed:
 
 
 @dataclass(frozen=True, slots=True)
+class WeightTraffic:
+    """The weight bytes one decoded token reads (each matrix once; of the token embedding one row,
+    unless it is also the output matrix), the part on GPUs, and, with every byte on one GPU whose
+    memory bandwidth is known (:data:`engine.fit.profile.GPU_BANDWIDTH`), the decode speed that
+    bandwidth allows: the bar of issue #7 is half of it."""
+
+    bytes_per_token: int
+    gpu_bytes_per_token: int
+    gpu_name: str | None = None
+    gpu_bandwidth_bytes_s: int | None = None
+
+    @property
+    def gpu_share(self) -> float:
+        return self.gpu_bytes_per_token / self.bytes_per_token if self.bytes_per_token else 0.0
+
+    @property
+    def limit_tok_s(self) -> float | None:
+        """Tokens/s at the GPU's full memory bandwidth (every weight byte on that GPU), else None."""
+        if not self.gpu_bandwidth_bytes_s or self.gpu_bytes_per_token != self.bytes_per_token:
+            return None
+        return self.gpu_bandwidth_bytes_s / self.bytes_per_token
+
+
+def weight_traffic(tensors, offload: dict[str, Any] | None) -> WeightTraffic:
+    """:class:`WeightTraffic` of a model's tensor table (``name``, ``nbytes``) as ``offload``
+    (:meth:`engine.runtime.cuda.OffloadInfo.to_dict`) placed it: the last ``n_gpu_layers`` layers
+    on GPUs, the output layer too when ``output_on_gpu``."""
+    sizes = {t.name: t.nbytes for t in tensors}
+    tied = "output.weight" not in sizes
+    offload = offload or {}
+    n_gpu = int(offload.get("n_gpu_layers", 0))
+    first_gpu = int(offload.get("n_layer", 0)) - n_gpu
+    total = gpu = 0
+    for name, nbytes in sizes.items():
+        if name == "token_embd.weight" and not tied:
+            continue  # one row per token
+        if name.startswith("blk."):
+            on_gpu = n_gpu > 0 and int(name.split(".")[1]) >= first_gpu
+        else:  # the output layer (and the tied embedding it reads whole); small extras with it
+            on_gpu = bool(offload.get("output_on_gpu"))
+        total += nbytes
+        gpu += nbytes if on_gpu else 0
+    used = {int(k) for k in offload.get("vram_bytes", {})}
+    devices = [d for d in offload.get("devices", []) if d["index"] in used]
+    if len(devices) != 1 or offload.get("simulator"):
+        return WeightTraffic(total, gpu)
+    from engine.fit.profile import gpu_bandwidth_for
+
+    name = devices[0]["name"]
+    return WeightTraffic(total, gpu, name, gpu_bandwidth_for(name))
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateBench:
     model: str
     file_mb: float
@@ -55,9 +108,9 @@ class GenerateBench:
     gpu: dict[str, Any] | None = None  # engine.runtime.cuda.OffloadInfo.to_dict(): what ran where, or why not
     # per GPU device of the decode: "CUDA graphs" or "kernel by kernel (why)", as the run ended
     gpu_launch_modes: list[str] | None = None
-    greedy_on_gpu: bool = (
-        False  # each decoded token was picked on the GPU (its id, not the logits, came back)
-    )
+    # each decoded token was picked on the GPU (its id, not the logits, came back)
+    greedy_on_gpu: bool = False
+    traffic: WeightTraffic | None = None  # weight bytes a decoded token reads, where, and the GPU's limit
 
     def ratios(self) -> dict[str, float] | None:
         if self.llamacpp is None:
@@ -68,7 +121,17 @@ class GenerateBench:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratios": self.ratios()}
+        out = {**asdict(self), "ratios": self.ratios()}
+        if self.traffic is not None:
+            t = self.traffic
+            limit = t.limit_tok_s
+            out["traffic"] = {
+                **asdict(t),
+                "gpu_share": t.gpu_share,
+                "limit_tok_s": limit,
+                "decode_fraction_of_limit": None if limit is None else self.kvant.decode_tok_s / limit,
+            }
+        return out
 
 
 def _peak_rss_mb() -> float | None:
@@ -110,6 +173,7 @@ def bench_generate(
     model = engine.open_model(path, n_ctx=n_ctx, threads=threads, n_gpu_layers=n_gpu_layers)
     load_s = time.perf_counter() - t0
     offload = model.offload
+    traffic = weight_traffic(model._gguf.tensors, None if offload is None else offload.to_dict())
     if n_gpu_layers not in (0, None):
         yield Progress("bench", 0, 4, offload.message())
     try:
@@ -174,6 +238,7 @@ def bench_generate(
         None if offload is None else offload.to_dict(),
         modes,
         picked == n_gen,
+        traffic,
     )
 
 

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         *([res.gpu["message"]] if res.gpu and res.n_gpu_layers not in (0, None) else []),
         *([f"GPU decode launches: {', '.join(res.gpu_launch_modes)}"] if res.gpu_launch_modes else []),
         *(["greedy tokens picked on the GPU (ids, not logits, come back)"] if res.greedy_on_gpu else []),
+        *_traffic_lines(res),
         "",
         "| engine | runtime init s | load s | warm-up s | prefill tok/s | decode tok/s | first token s "
         "| peak RSS MB |",
@@ -111,3 +112,19 @@ def run(args: argparse.Namespace) -> int:
         lines.append("\nllama-cpp-python is not installed: no side-by-side numbers")
     emit(args, res.to_dict(), "\n".join(lines))
     return 0
+
+
+def _traffic_lines(res) -> list[str]:
+    """What a decoded token reads, the GPU's part, and the GPU's bandwidth limit (issue #7's bar)."""
+    t = res.traffic
+    if t is None or not t.gpu_bytes_per_token:
+        return []
+    mb, share = t.bytes_per_token / 1e6, 100 * t.gpu_share
+    out = [f"weights read per token: {mb:.0f} MB, {share:.0f}% of them on GPUs"]
+    limit = t.limit_tok_s
+    if limit is not None:
+        out.append(
+            f"{t.gpu_name}'s memory bandwidth ({t.gpu_bandwidth_bytes_s / 1e9:.0f} GB/s) allows "
+            f"{limit:.0f} tok/s: decode at {100 * res.kvant.decode_tok_s / limit:.1f}% of it"
+        )
+    return out
