@@ -7,7 +7,8 @@ for greedy decoding (k = 1) and for llama.cpp's default chain (top-k 40, no pena
 tokens must be the ones the host sampler draws from the whole logits, with the same seed, for
 every architecture and split and through the emulated CUDA graphs; invalid logits (NaN) must still
 reach the host sampler, which raises as before.  The kernels are compared with the host's top-k on
-edge cases in test_cuda_kernels.py.
+edge cases in test_cuda_kernels.py.  ``KVANT_CUDA_TESTS=device`` runs these on a GPU (through real
+CUDA graphs), except the emulated capture.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import engine
 from engine.runtime.generate import generate
 from engine.runtime.sampling import SamplingError, SamplingParams, TopLogits
 from tests.test_cuda_graphs import _SimCore
-from tests.test_cuda_launches import PROMPT, launch, q8_models  # noqa: F401  (fixtures: simulator only)
+from tests.test_cuda_launches import PROMPT, q8_models  # noqa: F401  (fixture)
 
 N_CTX = 24
 N_NEW = 6
@@ -119,7 +120,11 @@ def test_a_forward_with_a_one_token_prompt_also_picks(launch, q8_models):  # noq
 def test_graph_replay_of_the_pick(launch, q8_models):  # noqa: F811
     from numba import cuda
 
+    from engine.runtime.cuda import device as D
     from engine.runtime.cuda.graphs import TokenGraphs
+
+    if launch is not D.SIM_LAUNCH:
+        pytest.skip("emulated graphs: on a GPU the other tests run through real ones")
 
     path = q8_models["gemma3"]
     with engine.open_model(path, n_ctx=N_CTX, n_gpu_layers="all") as m:
