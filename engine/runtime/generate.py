@@ -41,7 +41,8 @@ class Network(Protocol):
 
 def _stepper(net: Network, sampler: Sampler):
     """``step(tokens, pos)``: the network's last logits, or the best of them where it picks them."""
-    k = sampler.device_top_k(net.n_vocab, getattr(net, "top_k_limit", 0))
+    limit = getattr(net, "top_k_limit", 0)
+    k = sampler.device_top_k(net.n_vocab, limit) if limit else 0
     if k:
         return lambda tokens, pos: net.forward(tokens, pos, last_only=True, top_k=k)  # type: ignore[call-arg]
     return lambda tokens, pos: net.forward(tokens, pos, last_only=True)
