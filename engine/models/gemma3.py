@@ -22,27 +22,19 @@ llama.cpp does, so logits agree with llama.cpp's CPU backend to float rounding.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.errors import ModelError
 from engine.gguf import GGUFModel
-from engine.models._common import (
-    gpu_top_k_limit,
-    load_qweight,
-    offload_wanted,
-    run_forward,
-    widen_q5_0_in,
-)
+from engine.models._common import load_qweight, widen_q5_0_in
+from engine.models.base import CausalLM
 from engine.runtime.kernels import (
     QWeight,
     SharedActivations,
     attention,
     attention_kt,
-    dequantize_rows,
     fused,
     geglu,
     geglu_lut_inplace,
@@ -53,8 +45,7 @@ from engine.runtime.kernels import (
     scale_round,
 )
 from engine.runtime.kernels.qgemm import qgemm
-from engine.runtime.kv_cache import KVCache, layer_slots, ring_keeps
-from engine.runtime.sampling import TopLogits
+from engine.runtime.kv_cache import layer_slots, ring_keeps
 
 ARCH = "gemma3"
 SWA_PATTERN = 6
@@ -166,7 +157,7 @@ def _mm(w: QWeight, x: np.ndarray | SharedActivations, limit: int | None = None)
     return matvec(w, x, act=act) if x.shape[0] == 1 else qgemm(w, x, act=act)
 
 
-class Gemma3:
+class Gemma3(CausalLM):
     """A Gemma 3 model over quantized GGUF weights with its own KV cache."""
 
     def __init__(
@@ -178,28 +169,17 @@ class Gemma3:
         n_ctx: int,
         kv_type: str = "f16",
     ) -> None:
-        self.params = params
-        self.layers = layers
-        self.tok_embd = tok_embd
-        self.output_norm = output_norm
-        self.n_ctx = n_ctx
-        self.cache = KVCache(
-            n_ctx,
-            params.n_head_kv,
-            params.head_dim,
-            [params.window(i) for i in range(params.n_layer)],
-            max_batch=min(MAX_BATCH, n_ctx),
-            dtype=kv_type,
-            k_transposed=True,
-        )
+        self._setup(params, layers, tok_embd, output_norm, n_ctx, kv_type, MAX_BATCH)
         self.fp16_gelu = True
         self._gelu_table: np.ndarray | None = None  # ggml's fp16 GELU table, built on first use
-        # Called as observer(weight_name, x) with the activations ``x`` (n_tokens, n_in) f32 that
-        # enter each weight's mat-mul, e.g. ("blk.3.ffn_down.weight", f): what an imatrix needs.
-        self.observer: Callable[[str, np.ndarray], None] | None = None
-        self._lock = threading.Lock()  # serializes Numba parallel launches from several threads
-        self.gpu = None  # engine.runtime.cuda.gemma3.Gemma3Gpu: the last layers, on GPUs
-        self._dec: _Decode | None = None  # single-token buffers and kernel calls, built on first use
+
+    def _windows(self, n_layers: int) -> list[int]:
+        return [self.params.window(i) for i in range(n_layers)]
+
+    def _gpu_layers(self, first: int, arenas: list, output: bool):
+        from engine.runtime.cuda.gemma3 import Gemma3Gpu
+
+        return Gemma3Gpu(self, first, arenas, output)
 
     @classmethod
     def from_gguf(cls, model: GGUFModel, n_ctx: int = 4096, kv_type: str = "f16") -> Gemma3:
@@ -241,57 +221,6 @@ class Gemma3:
 
     # ------------------------------------------------------------------ public API
 
-    @property
-    def n_vocab(self) -> int:
-        return self.params.n_vocab
-
-    @property
-    def n_past(self) -> int:
-        return self.cache.n_past
-
-    def reset(self) -> None:
-        with self._lock:
-            self.cache.reset()
-            if self.gpu is not None:
-                self.gpu.truncate(0)
-
-    def offload(self, n_gpu_layers: int, arenas: list, output: bool) -> None:
-        """Move the last ``n_gpu_layers`` layers (and the output layer if ``output``) to GPUs:
-        ``arenas`` gives each of those layers' device (engine.runtime.cuda.device.DeviceArena).
-        Their weights are uploaded once, quantized; their KV cache lives on the device.  Raises
-        engine.runtime.cuda.device.GpuOutOfMemory, leaving the model on the CPU, when they do not
-        fit."""
-        from engine.runtime.cuda.gemma3 import Gemma3Gpu
-
-        p = self.params
-        if not offload_wanted(p.n_layer, n_gpu_layers, len(arenas), output, self.gpu is not None):
-            return
-        with self._lock:
-            first = p.n_layer - n_gpu_layers
-            self.gpu = Gemma3Gpu(self, first, arenas, output)
-            # the GPU layers' host weights and KV cache are no longer needed
-            self.layers = self.layers[:first]
-            windows = [p.window(i) for i in range(first)]
-            self.cache = KVCache(
-                self.n_ctx, p.n_head_kv, p.head_dim, windows, self.cache.max_batch, self.cache.dtype, True
-            )
-            self._dec = None
-
-    def forward(
-        self, tokens: np.ndarray, start_pos: int, *, last_only: bool = False, top_k: int = 0
-    ) -> np.ndarray | TopLogits:
-        """Logits (n_tokens, n_vocab) f32 for ``tokens`` at positions ``start_pos ..``, appended to the
-        KV cache (positions >= ``start_pos`` already there are replaced).  ``last_only``: logits of
-        the last token only, shape (1, n_vocab) (what generation needs after a prefill).  ``top_k``
-        (implies ``last_only``): the best logits and their ids where a GPU holding the output layer
-        picked them, else the last logits (see :meth:`engine.models._common.Decoder.forward`)."""
-        return run_forward(self, tokens, start_pos, last_only, top_k)
-
-    @property
-    def top_k_limit(self) -> int:
-        """The largest ``top_k`` that :meth:`forward` picks where the logits are (:func:`gpu_top_k_limit`)."""
-        return gpu_top_k_limit(self.gpu)
-
     def can_rewind(self, start_pos: int) -> bool:
         """Whether :meth:`forward` may restart at ``start_pos``: every sliding-window layer's ring
         (CPU or GPU, sized alike) still holds the keys the restarted tokens see."""
@@ -303,22 +232,10 @@ class Gemma3:
             for il in range(p.n_layer)
         )
 
-    def logits_all(self, ids) -> np.ndarray:
-        """Reset, then the logits of every position of ``ids`` (n, n_vocab)."""
-        self.reset()
-        return self.forward(np.asarray(ids), 0)
-
     # ------------------------------------------------------------------ the graph
 
-    def _see(self, name: str, x: np.ndarray) -> None:
-        if self.observer is not None:
-            self.observer(name, x)
-
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        x = np.empty((tokens.size, self.params.n_embd), np.float32)
-        for i, t in enumerate(tokens):
-            x[i] = dequantize_rows(self.tok_embd, int(t), int(t) + 1)[0]
-        return x * np.float32(math.sqrt(self.params.n_embd))
+        return super().embed(tokens) * np.float32(math.sqrt(self.params.n_embd))
 
     def _forward_batch(self, tokens: np.ndarray, pos0: int, skip_logits: bool, last_only: bool, top_k: int):
         p = self.params
