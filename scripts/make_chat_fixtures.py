@@ -1,4 +1,5 @@
-"""Record llama.cpp's greedy chat continuations on the default model (the oracle for tests/test_model.py).
+"""Record llama.cpp's greedy chat continuations on the default model (the oracle for tests/test_model.py),
+and its greedy continuations of plain text (``Model.complete``, for base models such as this one).
 
 Needs llama-cpp-python (not a Kvant dependency). Prompts are Gemma's turn format, which llama.cpp's
 own llm_chat_apply_template produces for these messages (checked in tests/test_chat_template.py).
@@ -14,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "chat" / "gemma3_greedy.json"
+OUT_COMPLETE = ROOT / "tests" / "fixtures" / "chat" / "gemma3_complete.json"
 N_TOKENS = 24
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
@@ -24,6 +26,38 @@ CONVERSATIONS = [
         {"role": "user", "content": "Now backwards."},
     ],
 ]
+
+# Conversations continued as plain text, and that text (engine.runtime.model.completion_text): the system
+# prompt first, the model's turns appended as written, other turns on a new line.
+COMPLETIONS = [
+    ([{"role": "user", "content": "def reverse_string(s):"}], "def reverse_string(s):"),
+    (
+        [
+            {"role": "system", "content": "A list of countries and their capitals."},
+            {"role": "user", "content": "France: Paris\nSpain:"},
+        ],
+        "A list of countries and their capitals.\nFrance: Paris\nSpain:",
+    ),
+    (
+        [
+            {"role": "user", "content": "The capital of France is"},
+            {"role": "assistant", "content": " Paris."},
+            {"role": "user", "content": "The capital of Italy is"},
+        ],
+        "The capital of France is Paris.\nThe capital of Italy is",
+    ),
+]
+
+
+def greedy(llm, ids: list[int]) -> list[int]:
+    import llama_cpp
+
+    out = []
+    for tok in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok) or len(out) >= N_TOKENS:
+            break
+        out.append(int(tok))
+    return out
 
 
 def gemma_prompt(messages: list[dict[str, str]]) -> str:
@@ -47,11 +81,7 @@ def main() -> int:
     for messages in CONVERSATIONS:
         prompt = gemma_prompt(messages)
         ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        out = []
-        for tok in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok) or len(out) >= N_TOKENS:
-                break
-            out.append(int(tok))
+        out = greedy(llm, ids)
         cases.append(
             {
                 "messages": messages,
@@ -69,6 +99,27 @@ def main() -> int:
         )
     )
     print(f"wrote {OUT}")
+    completions = []
+    for messages, text in COMPLETIONS:
+        ids = llm.tokenize(text.encode(), add_bos=True, special=False)
+        out = greedy(llm, ids)
+        completions.append(
+            {
+                "messages": messages,
+                "prompt": text,
+                "prompt_ids": ids,
+                "output_ids": out,
+                "output_text": llm.detokenize(out).decode("utf-8", errors="replace"),
+            }
+        )
+    OUT_COMPLETE.write_text(
+        json.dumps(
+            {"llama_cpp_version": llama_cpp.__version__, "model": Path(model).name, "cases": completions},
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
+    print(f"wrote {OUT_COMPLETE}")
     return 0
 
 

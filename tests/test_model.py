@@ -1,4 +1,5 @@
-"""engine.open_model on the real default model: loading, tokens, logits, chat against llama.cpp."""
+"""engine.open_model on the real default model: loading, tokens, logits, chat and plain-text completion
+against llama.cpp."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from engine.errors import Cancelled, ModelError
 from engine.progress import CancelToken
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chat" / "gemma3_greedy.json"
+COMPLETE_FIXTURE = Path(__file__).parent / "fixtures" / "chat" / "gemma3_complete.json"
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,75 @@ def test_chat_greedy_matches_llama_cpp(model):
         assert done.finish_reason == "length" and done.decode_tok_s > 0 and done.ttft_s > 0
         assert tokens == case["output_ids"]
         assert "".join(e.text for e in events) == case["output_text"]
+
+
+def test_complete_greedy_matches_llama_cpp(model):
+    """A conversation continued as plain text (no chat template; what a base model such as the
+    default one is for): the text, its tokens and llama.cpp's greedy continuation, token for token."""
+    from engine.runtime.model import completion_text
+
+    assert model.info.base_model  # no chat template in the file, no "it" / "instruct" in its name
+    for case in json.loads(COMPLETE_FIXTURE.read_text())["cases"]:
+        assert completion_text(case["messages"]) == case["prompt"]
+        assert model.tokenize(case["prompt"]) == case["prompt_ids"]
+        events = list(model.complete(case["messages"], temperature=0.0, max_tokens=len(case["output_ids"])))
+        assert [e.token for e in events if e.kind == "token"] == case["output_ids"]
+        assert "".join(e.text for e in events) == case["output_text"]
+    # the default model completes code; inside Gemma's chat template it repeats the request instead
+    assert "return s[::-1]" in json.loads(COMPLETE_FIXTURE.read_text())["cases"][0]["output_text"]
+
+
+def test_completion_text():
+    from engine.runtime.model import completion_text
+
+    assert completion_text([{"role": "user", "content": "def f(x):"}]) == "def f(x):"
+    turns = [
+        {"role": "system", "content": "Capitals."},
+        {"role": "user", "content": "France is"},
+        {"role": "assistant", "content": " Paris.\n"},
+        {"role": "user", "content": "Spain is"},
+        {"role": "assistant", "content": " Madrid."},
+        {"role": "user", "content": "Italy is"},
+    ]
+    assert completion_text(turns) == "Capitals.\nFrance is Paris.\nSpain is Madrid.\nItaly is"
+    with pytest.raises(ModelError, match="no text"):
+        completion_text([])
+
+
+def test_base_model_detection():
+    """No chat template and nothing in the name, fine-tune label, tags or file name that says tuned:
+    a base model; any of those: not."""
+    from engine.gguf.info import looks_like_base_model
+
+    class Header:
+        def __init__(self, stem: str, **kv):
+            self.path = Path(f"/models/{stem}.gguf")
+            self.kv = kv
+
+        def get(self, key, default=None):
+            return self.kv.get(key, default)
+
+    assert looks_like_base_model(Header("gemma-3-270m-q4_k_m", **{"general.name": "Gemma 3 270m"}))
+    assert looks_like_base_model(Header("Meta-Llama-3-8B.Q4_K_M", **{"general.name": "Meta Llama 3 8B"}))
+    assert looks_like_base_model(Header("italian-gpt2", **{"general.tags": ["text-generation"]}))
+    assert not looks_like_base_model(Header("x", **{"tokenizer.chat_template": "{{ messages }}"}))
+    assert not looks_like_base_model(Header("gemma-3-270m-it-Q4_K_M"))
+    assert not looks_like_base_model(Header("m", **{"general.name": "Llama 3.2 1B Instruct"}))
+    assert not looks_like_base_model(Header("m", **{"general.finetune": "chat"}))
+    assert not looks_like_base_model(Header("m", **{"general.tags": ["sft", "dpo"]}))
+    assert not looks_like_base_model(Header("tinyllama-1.1b-chat-v1.0.Q4_K_M"))
+
+
+def test_cli_raw_continues_the_text_and_a_base_model_gets_a_note(default_model, capsys):
+    case = json.loads(COMPLETE_FIXTURE.read_text())["cases"][0]
+    args = ["chat", str(default_model), "--prompt", case["prompt"], "--temperature", "0", "--ctx", "256"]
+    assert run_cli([*args, "--max-tokens", "8", "--raw"]) == 0
+    out = capsys.readouterr()
+    assert case["output_text"].startswith(out.out.rstrip("\n")) and "return" in out.out
+    assert "base (pretrained) model" not in out.err
+    assert run_cli([*args, "--max-tokens", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "base (pretrained) model" in err and "try --raw" in err
 
 
 def test_follow_up_turn_reuses_the_cache(model):

@@ -31,7 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="0",
         help="layers on NVIDIA GPUs: a number, 'all' or 'auto' (needs pip install 'kvant[cuda]')",
     )
-    p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="no chat template: continue the text as is (the system prompt, then the turns); for base models",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -79,7 +83,7 @@ def _stats_line(done) -> str:
 
 def _answer(model, messages, args, raw: bool, cancel: CancelToken, stream: bool):
     events = (
-        model.generate(model.tokenize(messages[-1]["content"]), cancel=cancel, **_sampling(args))
+        model.complete(messages, cancel=cancel, **_sampling(args))
         if raw
         else model.chat(messages, cancel=cancel, **_sampling(args))
     )
@@ -124,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     model = open_model(path, n_ctx=args.ctx, threads=args.threads, n_gpu_layers=args.n_gpu_layers)
     if not args.json and model.offload is not None and model.offload.requested not in (0, None):
         print(model.offload.message(), file=sys.stderr)
+    if not args.json and not args.raw and model.info.base_model:
+        print(base_model_note(model.info.name), file=sys.stderr)
     cancel = CancelToken()
     messages = [{"role": "system", "content": args.system}] if args.system else []
     try:
@@ -143,10 +149,17 @@ def run(args: argparse.Namespace) -> int:
         model.close()
 
 
+def base_model_note(name: str) -> str:
+    return (
+        f"note: {name} looks like a base (pretrained) model: its file has no chat template and its name "
+        "does not say instruct or chat, so it continues text rather than answering; try --raw"
+    )
+
+
 def _interactive(model, messages, args, cancel: CancelToken, model_path) -> int:
+    how = "no template: continuing the text" if args.raw else f"{model.template.source} template"
     print(
-        f"Chatting with {model.info.name} ({model.template.source} template). "
-        "Empty line or Ctrl-D ends; Ctrl-C stops a reply.",
+        f"Chatting with {model.info.name} ({how}). Empty line or Ctrl-D ends; Ctrl-C stops a reply.",
         file=sys.stderr,
     )
     while True:
@@ -160,7 +173,7 @@ def _interactive(model, messages, args, cancel: CancelToken, model_path) -> int:
         messages.append({"role": "user", "content": line})
         cancel = CancelToken()
         try:
-            text, done = _answer(model, messages, args, False, cancel, stream=True)
+            text, done = _answer(model, messages, args, args.raw, cancel, stream=True)
         except KeyboardInterrupt:
             cancel.cancel()
             text, done = "", None
@@ -172,4 +185,5 @@ def _interactive(model, messages, args, cancel: CancelToken, model_path) -> int:
         if done is not None:
             print(_stats_line(done), file=sys.stderr)
             _calibrate(model, model_path, args, done)
-        messages.append({"role": "assistant", "content": text.strip()})
+        # a raw reply continues the text as it came; a chat reply is a turn of its own
+        messages.append({"role": "assistant", "content": text if args.raw else text.strip()})

@@ -10,6 +10,14 @@ from engine.library import resolve_model
 from engine.paths import KvantPaths
 
 
+def _template_line(info) -> str:
+    if info.chat_template:
+        return "yes"
+    if info.base_model:
+        return "no: looks like a base model (continues text; chat --raw)"
+    return "no (built-in fallback)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="show a model's architecture, size and quantization")
     p.add_argument("model", help="a .gguf path (any shard of a split model), a library id, or 'default'")
@@ -46,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             "vocabulary",
             f"{info.vocab_size:,} ({info.tokenizer}, pre: {info.tokenizer_pre})" if info.vocab_size else "?",
         ),
-        ("chat template", "yes" if info.chat_template else "no (built-in fallback)"),
+        ("chat template", _template_line(info)),
         ("file size", f"{info.file_size / 2**20:.1f} MiB in {len(info.shards)} file(s)"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ class ModelInfo:
     tensor_count: int
     shards: list[str] = field(default_factory=list)
     gguf_version: int = 3
+    # No chat template and no name that says instruction-tuned: most likely a pretrained (base)
+    # model, which continues text rather than answering (see :func:`looks_like_base_model`).
+    base_model: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +70,25 @@ def _file_type_name(ftype: int | None) -> str | None:
         return gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except ValueError:
         return f"unknown ({ftype})"
+
+
+# Words in a model's name, fine-tune label or tags that mean it was tuned to follow instructions:
+# Gemma's "-it", "Instruct", "Chat", and the names of the tuning methods.
+_TUNED = re.compile(
+    r"(?<![a-z0-9])(it|instruct|instruction|chat|sft|dpo|orpo|kto|rlhf|assistant|conversational)(?![a-z])"
+)
+
+
+def looks_like_base_model(model: GGUFModel) -> bool:
+    """Whether ``model`` looks like a pretrained (base) model: its GGUF has no chat template and
+    neither its name, fine-tune label, tags nor file name say it was tuned for instructions or chat.
+    Such a model continues text; wrapped in a chat template it usually answers with nonsense."""
+    if model.get("tokenizer.chat_template") is not None:
+        return False
+    tags = model.get("general.tags")
+    words = [model.path.stem, *(str(model.get(f"general.{k}", "")) for k in ("name", "finetune", "basename"))]
+    words += [str(t) for t in tags] if isinstance(tags, list) else []
+    return not any(_TUNED.search(w.lower().replace("_", "-")) for w in words)
 
 
 def model_info(model: GGUFModel) -> ModelInfo:
@@ -112,6 +135,7 @@ def model_info(model: GGUFModel) -> ModelInfo:
         tensor_count=len(model.tensors),
         shards=[str(p) for p in model.paths],
         gguf_version=model.shards[0].version,
+        base_model=looks_like_base_model(model),
     )
 
 

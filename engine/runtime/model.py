@@ -134,6 +134,18 @@ class Model:
             )
         )
 
+    def complete(
+        self,
+        messages: Sequence[dict[str, str]],
+        params: SamplingParams | None = None,
+        *,
+        cancel: CancelToken | None = None,
+        **sampling: Any,
+    ) -> Iterator[GenerationEvent]:
+        """Continue a conversation written as one plain text (:func:`completion_text`), without the
+        chat template: what a base model (``info.base_model``) is for.  Stops at end of text."""
+        return self.generate(self.tokenize(completion_text(messages)), params, cancel=cancel, **sampling)
+
     def _use_threads(self) -> None:
         import numba
 
@@ -155,6 +167,21 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def completion_text(messages: Sequence[dict[str, str]]) -> str:
+    """A conversation as one plain text for a model to continue: every turn's content in order
+    (the system prompt first), the model's turns exactly as it wrote them (they continue the text
+    before them), any other turn on a new line unless the text so far ends in whitespace."""
+    text = ""
+    for m in messages:
+        content = m["content"]
+        if m["role"] != "assistant" and text and not text[-1].isspace():
+            text += "\n"
+        text += content
+    if not text:
+        raise ModelError("there is no text to continue")
+    return text
 
 
 def default_threads() -> int:
