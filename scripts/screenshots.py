@@ -143,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     window.library_page.request_chat()
     chat.temperature.setValue(0.0)
     chat.max_tokens.setValue(args.max_tokens)
-    _wait(lambda: chat.model is not None, 300, "the model to load")
-    chat.input.setPlainText("Write a Python function that reverses a string.")
+    _wait(lambda: chat.model is not None and not chat.is_loading, 300, "the model to load")
+    # the default model is a base model: the page continues text (Complete text mode), so the
+    # screenshot gives it the start of a program rather than a request
+    chat.input.setPlainText('def reverse_string(s):\n    """Return s reversed."""')
     chat.send()
     _wait(lambda: not chat.is_generating, 900, "the answer")
-    chat.input.setPlainText("And one that checks for palindromes?")
+    chat.input.setPlainText("def is_palindrome(s):")
     shot("chat")
 
     # Discover: a realistic repository, one download under way from the fake Hub

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -125,7 +126,8 @@ def test_load_stream_stats_save_stop_and_stay_responsive(qtbot, page, paths, def
     page.input.setPlainText("What is the capital of France?")
     page.send()
     assert page.is_loading
-    qtbot.waitUntil(lambda: page.model is not None, timeout=180_000)
+    # loaded, and the load's last slot (which starts the answer) has run
+    qtbot.waitUntil(lambda: page.model is not None and not page.is_loading, timeout=180_000)
     load_gap = meter.stop()
     assert page.model.n_ctx == 1024
     assert "loaded" in page.model_status.text() and "CPU" in page.model_status.text()
@@ -368,3 +370,65 @@ def test_messages_follow_the_system_light_or_dark_theme(page):
     page.setPalette(dark)
     page.view.setPalette(dark)
     assert max(backgrounds()) < 80  # dark bubbles, so light text stays readable
+
+
+def test_a_base_model_continues_text_and_chat_stays_one_click_away(qtbot, page, default_entry):
+    """The default model has no chat template and a base model's name: loading it switches the page
+    to Complete text and says so, and its answer continues the text as llama.cpp does; Chat mode
+    answers through the chat template, also as llama.cpp does (the fixtures of tests/test_model.py)."""
+    fixtures = Path(__file__).parent / "fixtures" / "chat"
+    complete = json.loads((fixtures / "gemma3_complete.json").read_text(encoding="utf-8"))
+    chat = json.loads((fixtures / "gemma3_greedy.json").read_text(encoding="utf-8"))
+    page.set_entries([default_entry])
+    page.ctx_spin.setValue(256)
+    page.temperature.setValue(0.0)
+    assert page.mode() == "chat"
+    statuses: list[str] = []
+    page.status.connect(statuses.append)
+    page.load_model()
+    qtbot.waitUntil(lambda: page.model is not None and not page.is_loading, timeout=180_000)
+    assert page.mode() == "complete" and "def reverse_string" in page.input.placeholderText()
+    assert "base model (no chat template): completes text" in page.model_status.text()
+    assert statuses and "base (pretrained) model" in statuses[-1]
+
+    case = complete["cases"][0]  # "def reverse_string(s):" -> its body
+    page.max_tokens.setValue(len(case["output_ids"]))
+    page.input.setPlainText(case["prompt"])
+    page.send()
+    qtbot.waitUntil(lambda: not page.is_generating, timeout=180_000)
+    assert page.conversation.messages[-1].content == case["output_text"].rstrip()
+
+    page.set_mode("chat")
+    assert "Message the model" in page.input.placeholderText()
+    page.new_chat()
+    case = chat["cases"][1]  # "Write a haiku about the sea." through Gemma's chat template
+    page.max_tokens.setValue(len(case["output_ids"]))
+    page.input.setPlainText(case["messages"][0]["content"])
+    page.send()
+    qtbot.waitUntil(lambda: not page.is_generating, timeout=180_000)
+    assert page.conversation.messages[-1].content == case["output_text"].strip()
+
+
+def test_line_breaks_and_blanks_are_shown_as_written(page):
+    """A chat answer is Markdown with each line break kept (a haiku stays three lines; lists, code
+    fences and paragraphs as Markdown has them); what you typed, and in Complete text mode every
+    message, shows as written, indentation included."""
+    from gui.chat_store import Conversation
+    from gui.pages.chat import hard_breaks
+
+    assert hard_breaks("a\nb\n\nc") == "a  \nb\n\nc"
+    assert hard_breaks("Intro:\n- a\n- b\n```py\nx = 1\ny = 2\n```\nend") == (
+        "Intro:\n- a\n- b\n```py\nx = 1\ny = 2\n```\nend"
+    )
+    conv = Conversation()
+    conv.add("user", "def f(s):\n    return s")
+    conv.add("assistant", "Waves roll on the shore\nSalt wind whispers\n\n**bold** end")
+    page.conversation = conv
+    page.set_mode("chat")
+    page._render_all()
+    text = page.rendered_text()
+    assert "def f(s):\n    return s" in text
+    assert "Waves roll on the shore\nSalt wind whispers" in text and "bold end" in text and "**" not in text
+    page.set_mode("complete")  # re-renders: the answer as written, in a monospace font
+    text = page.rendered_text()
+    assert "Waves roll on the shore\nSalt wind whispers\n\n**bold** end" in text

@@ -8,6 +8,7 @@ is throttled), so no token is lost between two repaints. Each conversation is on
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -62,6 +63,14 @@ GPU_NOTE = (
     "Auto: the planner puts as many layers on NVIDIA GPUs as fit in free VRAM (CPU only when there is no "
     "usable GPU, and the model line says why)"
 )
+MODE_CHOICES = (
+    ("Chat (the model's chat template)", "chat"),
+    ("Complete text (no template: the model continues the conversation's text)", "complete"),
+)
+CHAT_PLACEHOLDER = "Message the model…  (Ctrl+Enter sends, Esc stops)"
+COMPLETE_PLACEHOLDER = (
+    "Text for the model to continue, e.g. def reverse_string(s):  (Ctrl+Enter sends, Esc stops)"
+)
 GPU_CHOICES = (("Auto (fit in free VRAM)", "auto"), ("CPU only", 0), ("All layers", "all"), ("Layers:", "n"))
 RENDER_INTERVAL_MS = 80
 # message backgrounds (light theme, dark theme): the system's dark mode gets dark bubbles
@@ -84,11 +93,48 @@ class ChatUpdate:
     event: Any  # engine GenerationEvent
 
 
-def _chat_job(model: Any, messages: list[dict[str, str]], sampling: dict[str, Any], stop: CancelToken):
+_BLOCK_START = re.compile(r"\s|[-*+>#|]|\d+[.)]\s|```|~~~")
+
+
+def hard_breaks(text: str) -> str:
+    """``text`` with each single line break made a Markdown hard break, as chat apps show answers
+    (a poem's lines stay lines), except inside code fences, before lines that start a list item,
+    quote, heading, table row or indented block, and around blank lines."""
+    lines = text.split("\n")
+    out: list[str] = []
+    fenced = False
+    for i, line in enumerate(lines):
+        fence = line.lstrip().startswith(("```", "~~~"))
+        fenced ^= fence
+        nxt = lines[i + 1] if i + 1 < len(lines) else None
+        if (
+            not fenced
+            and not fence
+            and nxt is not None
+            and line.strip()
+            and nxt.strip()
+            and not _BLOCK_START.match(nxt)
+            and not line.endswith("  ")
+        ):
+            line += "  "
+        out.append(line)
+    return "\n".join(out)
+
+
+def _chat_job(
+    model: Any,
+    messages: list[dict[str, str]],
+    sampling: dict[str, Any],
+    stop: CancelToken,
+    mode: str = "chat",
+):
+    """Answer with the chat template (``mode`` "chat") or continue the text ("complete")."""
+
     def factory(token: CancelToken) -> Generator[ChatUpdate, None, ChatUpdate]:
         text = ""
         last = None
-        events: Iterator[Any] = model.chat(messages, cancel=stop, **sampling)
+        answer = model.complete if mode == "complete" else model.chat
+        events: Iterator[Any] = answer(messages, cancel=stop, **sampling)
         for ev in events:
             if token.cancelled:  # the app is closing
                 stop.cancel()
@@ -206,6 +252,7 @@ class ChatPage(QWidget):
         self._load_worker: GeneratorWorker | None = None
         self._gen_worker: GeneratorWorker | None = None
         self._gen_conv: Conversation | None = None
+        self._gen_mode = "chat"
         self._stop = CancelToken()
         self._streaming: str | None = None  # the answer being generated, None when idle
         self._stream_error: str | None = None
@@ -311,6 +358,14 @@ class ChatPage(QWidget):
         self.seed.setRange(-1, 2**31 - 1)
         self.seed.setValue(-1)
         self.seed.setSpecialValueText("random")
+        self.mode_combo = QComboBox()
+        for text, value in MODE_CHOICES:
+            self.mode_combo.addItem(text, value)
+        self.mode_combo.setToolTip(
+            "Loading a base (pretrained) model switches to Complete text: such a model continues text "
+            "and answers nonsense inside a chat template"
+        )
+        self.mode_combo.currentIndexChanged.connect(self._on_mode)
         self.gpu_combo = QComboBox()
         for text, value in GPU_CHOICES:
             self.gpu_combo.addItem(text, value)
@@ -328,6 +383,7 @@ class ChatPage(QWidget):
         gpu_row.addStretch(1)
         self._on_gpu_choice()
         form_left = QFormLayout()
+        form_left.addRow("Mode", self.mode_combo)
         form_left.addRow("System prompt", self.system_edit)
         form_left.addRow("GPU offload", gpu_row)
         form_left.addRow("", self.gpu_label)
@@ -351,7 +407,7 @@ class ChatPage(QWidget):
         self.stats_label = QLabel("")
         self.stats_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.input = QPlainTextEdit()
-        self.input.setPlaceholderText("Message the model…  (Ctrl+Enter sends, Esc stops)")
+        self.input.setPlaceholderText(CHAT_PLACEHOLDER)
         self.input.setFixedHeight(76)
         self.send_button = QPushButton("Send")
         self.send_button.setDefault(True)
@@ -424,6 +480,18 @@ class ChatPage(QWidget):
     @property
     def is_generating(self) -> bool:
         return self._gen_worker is not None
+
+    def mode(self) -> str:
+        """How the next answer is made: "chat" (the chat template) or "complete" (plain text)."""
+        return self.mode_combo.currentData()
+
+    def set_mode(self, mode: str) -> None:
+        self.mode_combo.setCurrentIndex(max(0, self.mode_combo.findData(mode)))
+
+    def _on_mode(self) -> None:
+        self.input.setPlaceholderText(COMPLETE_PLACEHOLDER if self.mode() == "complete" else CHAT_PLACEHOLDER)
+        if not self.is_generating:
+            self._render_all()
 
     def _on_gpu_choice(self) -> None:
         self.gpu_layers_spin.setVisible(self.gpu_combo.currentData() == "n")
@@ -556,15 +624,27 @@ class ChatPage(QWidget):
             self.model, self.model_entry = model, entry
             self._loaded_bytes = loaded.loaded_bytes
             n = model.info
+            base = bool(getattr(n, "base_model", False))
+            self.set_mode("complete" if base else "chat")
+            how = (
+                "base model (no chat template): completes text"
+                if base
+                else f"{model.template.source} chat template"
+            )
             self.model_status.setText(
                 f"<b>{entry.name}</b> loaded in {time.monotonic() - t0:.1f} s · {n.architecture}, "
                 f"{n.parameters / 1e6:,.0f} M parameters, {n.file_type or '?'} · "
-                f"context {model.n_ctx:,} · {model.template.source} chat template · {_where(model)}"
+                f"context {model.n_ctx:,} · {how} · {_where(model)}"
             )
             offload = getattr(model, "offload", None)
             if offload is not None:
                 self.gpu_label.setText(offload.message())
-            self.status.emit(f"{entry.name} is ready to chat.")
+            self.status.emit(
+                f"{entry.name} looks like a base (pretrained) model: write the start of a text and it "
+                "continues it (Settings → Mode: Chat uses a chat template anyway)."
+                if base
+                else f"{entry.name} is ready to chat."
+            )
 
         def failed(err: Exception) -> None:
             self._send_after_load = False
@@ -632,7 +712,9 @@ class ChatPage(QWidget):
         conv.model_id = self.model_entry.id if self.model_entry else None
         conv.model_name = self.model_entry.name if self.model_entry else None
         self._stop = CancelToken()
-        worker = GeneratorWorker(_chat_job(self.model, conv.engine_messages(), self.sampling(), self._stop))
+        self._gen_mode = self.mode()
+        job = _chat_job(self.model, conv.engine_messages(), self.sampling(), self._stop, self._gen_mode)
+        worker = GeneratorWorker(job)
         self._gen_worker, self._gen_conv = worker, conv
         self._streaming, self._stream_error, self._last_event = "", None, None
         self.stats_label.setText("Thinking…")
@@ -655,13 +737,18 @@ class ChatPage(QWidget):
     def _on_answer(self, update: ChatUpdate) -> None:
         conv = self._gen_conv
         ev = update.event
-        text = update.text.strip()
+        text = self._answer_text(update.text)
         if conv is not None and (text or (ev is not None and ev.finish_reason != "cancelled")):
             conv.add("assistant", text, _stats_dict(ev))
             self._save(conv)
         self._last_event = ev
         self.stats_label.setText(stats_text(ev, self.model.n_ctx if self.model else None))
         self._calibrate(ev)
+
+    def _answer_text(self, text: str) -> str:
+        """An answer as the conversation keeps it: a chat turn stripped; a completion as the model
+        wrote it, since it continues the text before it (only trailing blanks go)."""
+        return text.rstrip() if self._gen_mode == "complete" else text.strip()
 
     def _calibrate(self, ev: Any) -> None:
         """A finished answer with enough decoded tokens is a speed measurement for the planner."""
@@ -686,7 +773,7 @@ class ChatPage(QWidget):
     def _on_gen_cancelled(self) -> None:
         conv = self._gen_conv
         if conv is not None and self._streaming:
-            conv.add("assistant", self._streaming.strip(), {"finish_reason": "cancelled"})
+            conv.add("assistant", self._answer_text(self._streaming), {"finish_reason": "cancelled"})
             self._save(conv)
 
     def _on_gen_finished(self) -> None:
@@ -828,7 +915,11 @@ class ChatPage(QWidget):
                 self.chat_list.setCurrentItem(item)
 
     # --- rendering ---------------------------------------------------------------------------
-    def _frame(self, cursor: QTextCursor, role: str, text: str, colours: tuple[str, str]) -> None:
+    def _frame(
+        self, cursor: QTextCursor, role: str, text: str, colours: tuple[str, str], markdown: bool = True
+    ) -> None:
+        """A message's box: ``role`` in bold, then ``text`` as Markdown (a chat answer, each line
+        break kept) or, with ``markdown`` False, as typed (what you wrote; a completion), blanks kept."""
         background = tint(self.view, *colours)
         fmt = QTextFrameFormat()
         fmt.setBackground(background)
@@ -843,7 +934,14 @@ class ChatPage(QWidget):
         cursor.insertText(role, head)
         cursor.insertBlock()
         cursor.setCharFormat(QTextCharFormat())
-        cursor.insertMarkdown(text or " ")
+        if markdown:
+            cursor.insertMarkdown(hard_breaks(text) or " ")
+        else:
+            plain = QTextCharFormat()
+            if self.mode() == "complete":
+                plain.setFontFamilies(["monospace"])
+                plain.setFontStyleHint(QFont.StyleHint.Monospace)
+            cursor.insertText(text or " ", plain)
 
     def _assistant_name(self) -> str:
         if self.model_entry is not None:
@@ -865,11 +963,15 @@ class ChatPage(QWidget):
             return
         for m in self.conversation.messages:
             name = "You" if m.role == "user" else (self.conversation.model_name or "Assistant")
-            self._frame(cursor, name, m.content, USER_BG if m.role == "user" else ASSISTANT_BG)
+            user = m.role == "user"
+            markdown = not user and self.mode() == "chat"
+            self._frame(cursor, name, m.content, USER_BG if user else ASSISTANT_BG, markdown)
             cursor.movePosition(QTextCursor.MoveOperation.End)
         if self._streaming is not None and self._gen_conv is self.conversation:
             self._stream_start = cursor.position()
-            self._frame(cursor, self._assistant_name(), self._streaming or "…", ASSISTANT_BG)
+            self._frame(
+                cursor, self._assistant_name(), self._streaming or "…", ASSISTANT_BG, self.mode() == "chat"
+            )
         bar.setValue(bar.maximum())
 
     def _render_stream(self) -> None:
@@ -884,7 +986,9 @@ class ChatPage(QWidget):
         cursor.removeSelectedText()
         cursor.setPosition(self._stream_start)
         cursor.movePosition(QTextCursor.MoveOperation.End)
-        self._frame(cursor, self._assistant_name(), self._streaming or "…", ASSISTANT_BG)
+        self._frame(
+            cursor, self._assistant_name(), self._streaming or "…", ASSISTANT_BG, self.mode() == "chat"
+        )
         if at_bottom:
             bar.setValue(bar.maximum())
 

@@ -127,7 +127,14 @@ class LibraryPage(QWidget):
             ("Embedding", str(info.embedding_length)),
             ("Heads / KV heads", f"{info.heads} / {kv}"),
             ("Vocabulary", f"{info.vocab_size:,} ({info.tokenizer})" if info.vocab_size else "?"),
-            ("Chat template", "in file" if info.chat_template else "built-in"),
+            (
+                "Chat template",
+                "in file"
+                if info.chat_template
+                else "none: a base model, it continues text"
+                if info.base_model
+                else "built-in",
+            ),
             ("File size", _mib(info.file_size)),
         ]
         for k, v in rows:
