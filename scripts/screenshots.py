@@ -26,14 +26,22 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 WIDTH, HEIGHT = 1200, 760
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    from PySide6.QtTest import QTest
+def _pause(ms: int) -> None:
+    """Run the event loop for ``ms``.  Not QTest.qWait: PySide6 keeps the GIL while qWait sleeps, so
+    the app's worker threads (Numba compiling kernels on a first run) crawl, about 25 times slower."""
+    from PySide6.QtCore import QEventLoop, QTimer
 
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def _wait(cond, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > end:
             raise SystemExit(f"timed out waiting for {what}")
-        QTest.qWait(20)
+        _pause(20)
 
 
 DEMO_REPO = "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF"
@@ -125,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     window.start()
 
     def shot(name: str) -> None:
-        from PySide6.QtTest import QTest
-
-        QTest.qWait(150)
+        _pause(150)
         path = args.out / f"{name}.png"
         window.grab().save(str(path))
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
@@ -182,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert_compare_learn(window, shot, out: Path) -> None:
-    from PySide6.QtTest import QTest
-
     from engine.convert import convert_sync
     from engine.library import DEFAULT_MODEL_ID, Library, register_file
 
@@ -199,7 +203,7 @@ def _convert_compare_learn(window, shot, out: Path) -> None:
     _wait(lambda: dialog.plan is not None and dialog.plan.preset == "Q3_K_M", 60, "the Q3_K_M plan")
     dialog.start()
     _wait(lambda: dialog.progress.value() >= 350 or dialog.state != "converting", 600, "conversion progress")
-    QTest.qWait(100)
+    _pause(100)
     path = out / "convert.png"
     dialog.grab().save(str(path))
     print(f"wrote {path}")
