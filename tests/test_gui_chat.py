@@ -407,6 +407,14 @@ def test_a_base_model_continues_text_and_chat_stays_one_click_away(qtbot, page, 
     page.send()
     qtbot.waitUntil(lambda: not page.is_generating, timeout=180_000)
     assert page.conversation.messages[-1].content == case["output_text"].strip()
+    # each chat goes on in the mode it was written in
+    first = next(
+        page.chat_list.item(i)
+        for i in range(page.chat_list.count())
+        if page.chat_list.item(i).text().startswith("def reverse_string")
+    )
+    page._on_chat_clicked(first)
+    assert page.mode() == "complete" and "    return s[::-1]" in page.rendered_text()
 
 
 def test_line_breaks_and_blanks_are_shown_as_written(page):

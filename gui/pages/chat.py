@@ -865,6 +865,8 @@ class ChatPage(QWidget):
         self.conversation = conv
         self.system_edit.setPlainText(conv.system)
         self.set_sampling(conv.settings)
+        if conv.settings.get("mode") in ("chat", "complete"):
+            self.set_mode(conv.settings["mode"])  # a chat goes on as it was written
         self.stats_label.setText("")
         self._render_all()
         self._update_buttons()
@@ -886,7 +888,7 @@ class ChatPage(QWidget):
 
     def _remember_settings(self) -> None:
         self.conversation.system = self.system_edit.toPlainText()
-        self.conversation.settings = self.sampling()
+        self.conversation.settings = {**self.sampling(), "mode": self.mode()}
 
     def _save(self, conv: Conversation) -> None:
         try:
