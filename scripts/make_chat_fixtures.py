@@ -68,6 +68,28 @@ def gemma_prompt(messages: list[dict[str, str]]) -> str:
     return "".join(parts) + "<start_of_turn>model\n"
 
 
+def record(llm, model: str, prompts: list, out: Path, special: bool) -> None:
+    """llama.cpp's greedy continuation of each (messages, prompt text) into ``out``."""
+    import llama_cpp
+
+    cases = []
+    for messages, prompt in prompts:
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=special)
+        tokens = greedy(llm, ids)
+        cases.append(
+            {
+                "messages": messages,
+                "prompt": prompt,
+                "prompt_ids": ids,
+                "output_ids": tokens,
+                "output_text": llm.detokenize(tokens).decode("utf-8", errors="replace"),
+            }
+        )
+    doc = {"llama_cpp_version": llama_cpp.__version__, "model": Path(model).name, "cases": cases}
+    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+    print(f"wrote {out}")
+
+
 def main() -> int:
     import llama_cpp
 
@@ -77,49 +99,9 @@ def main() -> int:
         else str(Path.home() / ".local/share/kvant/models/gemma-3-270m-q4_k_m.gguf")
     )
     llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=2, verbose=False)
-    cases = []
-    for messages in CONVERSATIONS:
-        prompt = gemma_prompt(messages)
-        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        out = greedy(llm, ids)
-        cases.append(
-            {
-                "messages": messages,
-                "prompt": prompt,
-                "prompt_ids": ids,
-                "output_ids": out,
-                "output_text": llm.detokenize(out).decode("utf-8", errors="replace"),
-            }
-        )
-    OUT.write_text(
-        json.dumps(
-            {"llama_cpp_version": llama_cpp.__version__, "model": Path(model).name, "cases": cases},
-            indent=1,
-            ensure_ascii=False,
-        )
-    )
-    print(f"wrote {OUT}")
-    completions = []
-    for messages, text in COMPLETIONS:
-        ids = llm.tokenize(text.encode(), add_bos=True, special=False)
-        out = greedy(llm, ids)
-        completions.append(
-            {
-                "messages": messages,
-                "prompt": text,
-                "prompt_ids": ids,
-                "output_ids": out,
-                "output_text": llm.detokenize(out).decode("utf-8", errors="replace"),
-            }
-        )
-    OUT_COMPLETE.write_text(
-        json.dumps(
-            {"llama_cpp_version": llama_cpp.__version__, "model": Path(model).name, "cases": completions},
-            indent=1,
-            ensure_ascii=False,
-        )
-    )
-    print(f"wrote {OUT_COMPLETE}")
+    chats = [(messages, gemma_prompt(messages)) for messages in CONVERSATIONS]
+    record(llm, model, chats, OUT, special=True)
+    record(llm, model, COMPLETIONS, OUT_COMPLETE, special=False)
     return 0
 
 
