@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from engine.runtime import model
 
         return getattr(model, name)
+    if name == "on_compile":
+        from engine import _jit
+
+        return _jit.on_compile
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

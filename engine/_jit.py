@@ -20,6 +20,8 @@ import hashlib
 import os
 import shutil
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parent
@@ -82,6 +84,31 @@ def configure() -> None:
         from numba import config
 
         config.CACHE_DIR = path
+
+
+@contextlib.contextmanager
+def on_compile(callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, call ``callback()`` once when Numba starts compiling a kernel on this
+    thread: a kernel missing from the cache (a first run, or new kernel sources).  Loading a cached
+    kernel does not count.  The callback runs inside Numba's compiler: it must not raise."""
+    from numba.core import event
+
+    thread = threading.get_ident()
+    fired = False
+
+    class _First(event.Listener):
+        def on_start(self, ev) -> None:
+            nonlocal fired
+            if not fired and threading.get_ident() == thread:
+                fired = True
+                with contextlib.suppress(Exception):
+                    callback()
+
+        def on_end(self, ev) -> None:
+            pass
+
+    with event.install_listener("numba:compile", _First()):
+        yield
 
 
 configure()

@@ -440,3 +440,30 @@ def test_line_breaks_and_blanks_are_shown_as_written(page):
     page.set_mode("complete")  # re-renders: the answer as written, in a monospace font
     text = page.rendered_text()
     assert "Waves roll on the shore\nSalt wind whispers\n\n**bold** end" in text
+
+
+def test_a_first_answer_that_compiles_kernels_says_so(qtbot, page):
+    """Numba compiling a kernel while an answer is on its way (a first run) shows why it waits."""
+    import numba
+
+    from gui.pages.chat import COMPILING_TEXT
+
+    class CompilingModel(FakeModel):
+        def chat(self, messages, cancel=None, **sampling):
+            @numba.njit(cache=False)
+            def fresh(x):
+                return x * 2
+
+            assert fresh(21) == 42  # compiled here, on the answer's worker thread
+            yield from super().chat(messages, cancel, **sampling)
+
+    _with_fake_model(page)
+    page.model = CompilingModel()
+    seen: list[str] = []
+    page.compiling.connect(lambda: seen.append("compiling"))
+    _ask(qtbot, page, "hello")
+    assert len(seen) == 1 and page.conversation.messages[-1].content.startswith("Echo: hello")
+    page._gen_worker, page._streaming = object(), ""  # as while an answer waits for its first token
+    page._on_compiling()
+    assert page.stats_label.text() == COMPILING_TEXT
+    page._gen_worker, page._streaming = None, None

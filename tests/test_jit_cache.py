@@ -72,3 +72,59 @@ def test_numba_cache_dir_from_the_environment_wins(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path)
+
+
+def test_on_compile_fires_once_for_a_compile_on_this_thread():
+    """engine.on_compile: called once when a kernel missing from the cache compiles on the calling
+    thread; not for a kernel already compiled, nor for another thread's compile; a failing callback
+    does not break the compile."""
+    import threading
+
+    import numba
+
+    import engine
+
+    def make():
+        @numba.njit(cache=False)
+        def f(x):
+            return x + 1
+
+        return f
+
+    calls: list[int] = []
+    f = make()
+    with engine.on_compile(lambda: calls.append(1)):
+        assert f(1) == 2 and f(2.5) == 3.5  # two compiles, one call
+    assert calls == [1]
+    with engine.on_compile(lambda: calls.append(2)):
+        f(3)  # compiled already
+        g = make()
+        t = threading.Thread(target=g, args=(1,))
+        t.start()
+        t.join()
+    assert calls == [1]
+    with engine.on_compile(lambda: 1 / 0):
+        assert make()(1) == 2
+
+
+def test_a_load_that_compiles_says_so(default_model, monkeypatch):
+    """open_model's progress says when the load compiles kernels (a first run), and only then."""
+    import numba
+
+    import engine
+    import engine.models
+    from engine.runtime.model import FIRST_COMPILE
+
+    load = engine.models.load_model
+
+    def compiling_load(*args, **kwargs):
+        numba.njit(cache=False)(lambda x: x - 1)(1)
+        return load(*args, **kwargs)
+
+    for patched, expected in ((False, False), (True, True)):
+        if patched:
+            monkeypatch.setattr(engine.models, "load_model", compiling_load)
+        seen: list[str] = []
+        with engine.open_model(default_model, n_ctx=64, progress=lambda e, seen=seen: seen.append(e.message)):
+            pass
+        assert (FIRST_COMPILE in seen) is expected, seen

@@ -19,6 +19,8 @@ from engine.runtime.sampling import SamplingParams
 from engine.runtime.tokenizer import Tokenizer
 
 ProgressCallback = Callable[[Progress], None]
+# what a load says while Numba compiles kernels that are not in its cache yet
+FIRST_COMPILE = "compiling the kernels (first run only: later loads take them from the cache)"
 
 
 class Model:
@@ -236,6 +238,7 @@ def open_model(
     enough driver the model runs on the CPU; ``Model.offload`` (:class:`engine.runtime.cuda.OffloadInfo`)
     says what was chosen or why offload is unavailable, and the progress events say it too.
     """
+    from engine._jit import on_compile
     from engine.models import load_model  # heavy: Numba kernels
     from engine.runtime.cuda.offload import OffloadInfo, offload_model, parse_gpu_layers
 
@@ -251,11 +254,14 @@ def open_model(
     if requested != 0:
         steps.insert(3, "GPU offload")
 
+    def notify(i: int, message: str | None = None) -> None:
+        if progress is not None:
+            progress(Progress("load", i, len(steps) - 1, message or steps[i]))
+
     def step(i: int, message: str | None = None) -> None:
         if cancel is not None and cancel.cancelled:
             raise Cancelled("loading the model was cancelled")
-        if progress is not None:
-            progress(Progress("load", i, len(steps) - 1, message or steps[i]))
+        notify(i, message)
 
     path = Path(path)
     step(0)
@@ -265,7 +271,8 @@ def open_model(
         tokenizer = Tokenizer.from_gguf(gguf)
         template = ChatTemplate.from_gguf(gguf)
         step(2)
-        net = load_model(gguf, n_ctx=n_ctx)
+        with on_compile(lambda: notify(2, FIRST_COMPILE)):
+            net = load_model(gguf, n_ctx=n_ctx)
         offload = OffloadInfo(0, int(getattr(getattr(net, "params", None), "n_layer", 0)))
         if requested != 0:
             step(3)

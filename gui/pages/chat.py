@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ CHAT_PLACEHOLDER = "Message the model…  (Ctrl+Enter sends, Esc stops)"
 COMPLETE_PLACEHOLDER = (
     "Text for the model to continue, e.g. def reverse_string(s):  (Ctrl+Enter sends, Esc stops)"
 )
+COMPILING_TEXT = "Compiling the kernels for the first answer (first run only: later answers start at once)…"
 GPU_CHOICES = (("Auto (fit in free VRAM)", "auto"), ("CPU only", 0), ("All layers", "all"), ("Layers:", "n"))
 RENDER_INTERVAL_MS = 80
 # message backgrounds (light theme, dark theme): the system's dark mode gets dark bubbles
@@ -127,20 +128,23 @@ def _chat_job(
     sampling: dict[str, Any],
     stop: CancelToken,
     mode: str = "chat",
+    compiling: Callable[[], None] | None = None,
 ):
-    """Answer with the chat template (``mode`` "chat") or continue the text ("complete")."""
+    """Answer with the chat template (``mode`` "chat") or continue the text ("complete");
+    ``compiling()`` is called (on the worker thread) if Numba starts compiling a kernel."""
 
     def factory(token: CancelToken) -> Generator[ChatUpdate, None, ChatUpdate]:
         text = ""
         last = None
         answer = model.complete if mode == "complete" else model.chat
         events: Iterator[Any] = answer(messages, cancel=stop, **sampling)
-        for ev in events:
-            if token.cancelled:  # the app is closing
-                stop.cancel()
-            text += ev.text
-            last = ev
-            yield ChatUpdate(text, ev)
+        with engine.on_compile(compiling or (lambda: None)):
+            for ev in events:
+                if token.cancelled:  # the app is closing
+                    stop.cancel()
+                text += ev.text
+                last = ev
+                yield ChatUpdate(text, ev)
         return ChatUpdate(text, last)
 
     return factory
@@ -238,6 +242,7 @@ def _stats_dict(ev: Any) -> dict[str, Any] | None:
 class ChatPage(QWidget):
     status = Signal(str)  # a line for the main window's status bar
     calibrated = Signal(object)  # an engine.fit.Measurement recorded after an answer
+    compiling = Signal()  # emitted from the answer's worker thread when Numba starts compiling
 
     def __init__(self, paths: KvantPaths, workers: WorkerPool, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -262,6 +267,7 @@ class ChatPage(QWidget):
         self._known: dict[str, Conversation] | None = None  # the saved chats, read once
 
         self._build()
+        self.compiling.connect(self._on_compiling)
         self._render_timer = QTimer(self)
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
@@ -713,7 +719,8 @@ class ChatPage(QWidget):
         conv.model_name = self.model_entry.name if self.model_entry else None
         self._stop = CancelToken()
         self._gen_mode = self.mode()
-        job = _chat_job(self.model, conv.engine_messages(), self.sampling(), self._stop, self._gen_mode)
+        messages, sampling = conv.engine_messages(), self.sampling()
+        job = _chat_job(self.model, messages, sampling, self._stop, self._gen_mode, self.compiling.emit)
         worker = GeneratorWorker(job)
         self._gen_worker, self._gen_conv = worker, conv
         self._streaming, self._stream_error, self._last_event = "", None, None
@@ -726,6 +733,10 @@ class ChatPage(QWidget):
         self._render_all()
         self._update_buttons()
         self.workers.start(worker)
+
+    def _on_compiling(self) -> None:
+        if self.is_generating and not self._streaming:
+            self.stats_label.setText(COMPILING_TEXT)
 
     def _on_stream(self, update: ChatUpdate) -> None:
         self._streaming = update.text
