@@ -630,7 +630,7 @@ class ChatPage(QWidget):
             self.model, self.model_entry = model, entry
             self._loaded_bytes = loaded.loaded_bytes
             n = model.info
-            base = bool(getattr(n, "base_model", False))
+            base = n.base_model
             self.set_mode("complete" if base else "chat")
             how = (
                 "base model (no chat template): completes text"
